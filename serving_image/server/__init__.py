@@ -1,0 +1,1 @@
+"""The model server that honours Vertex AI's custom-container contract."""
