@@ -19,8 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kfp import dsl
 from kfp.dsl import ClassificationMetrics, Metrics, Model, Output
+
+# Imported from its module, not from kfp.dsl: inside a running component kfp sets
+# _KFP_RUNTIME=true and kfp.dsl stops exporting ``component``, yet the component body imports
+# this module to reach ``train_and_export``.
+from kfp.dsl.component_decorator import component
 
 from components.images import COMPONENTS_IMAGE
 
@@ -432,7 +436,7 @@ def train_and_export(
     return result
 
 
-@dsl.component(base_image=COMPONENTS_IMAGE)
+@component(base_image=COMPONENTS_IMAGE)
 def train(
     model: Output[Model],
     metrics: Output[Metrics],
