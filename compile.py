@@ -50,7 +50,7 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--estimator", default="auto", help="estimator name, or 'auto'")
     parser.add_argument(
-        "--hyperparameters", type=_json_object, default={}, help='JSON, e.g. \'{"C": 0.5}\''
+        "--hyperparameters", type=_json_object, default={}, help="JSON, e.g. '{\"C\": 0.5}'"
     )
     parser.add_argument(
         "--feature-columns", default="", help="comma-separated feature columns (default: all)"

@@ -9,7 +9,6 @@ one file and never re-fits or re-implements preprocessing.
 ``train`` is the KFP v2 component around it.
 """
 
-
 import json
 import math
 import platform
@@ -165,7 +164,9 @@ def _build_pipeline(schema: list[dict[str, Any]], estimator: Any) -> Any:
         transformers.append(
             (
                 "numeric",
-                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                Pipeline(
+                    [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+                ),
                 numeric,
             )
         )
@@ -186,14 +187,10 @@ def _build_pipeline(schema: list[dict[str, Any]], estimator: Any) -> Any:
     return Pipeline([("preprocess", preprocess), ("estimator", estimator)])
 
 
-def _check_inputs(
-    frame: Any, target: str, task: str, features: list[str], source: str
-) -> None:
+def _check_inputs(frame: Any, target: str, task: str, features: list[str], source: str) -> None:
     """Reject bad training inputs before any training, naming the column or value at fault."""
     if task not in DEFAULT_ESTIMATORS:
-        raise TrainingInputError(
-            f"unknown task {task!r}; choose 'classification' or 'regression'"
-        )
+        raise TrainingInputError(f"unknown task {task!r}; choose 'classification' or 'regression'")
     if frame.empty:
         raise TrainingInputError(f"the data set {source!r} has no rows")
     columns = [str(c) for c in frame.columns]
@@ -394,7 +391,9 @@ def train_and_export(
         for row in sample.to_dict(orient="records")
     ]
     contract.write_jsonl(out / contract.INSTANCES_FILE, instances)
-    contract.write_jsonl(out / contract.EXPECTED_FILE, _expected_predictions(task, pipeline, sample))
+    contract.write_jsonl(
+        out / contract.EXPECTED_FILE, _expected_predictions(task, pipeline, sample)
+    )
     estimator_name = estimator if estimator != "auto" else DEFAULT_ESTIMATORS[task]
     manifest = {
         "manifest_version": contract.MANIFEST_VERSION,
@@ -420,9 +419,9 @@ def train_and_export(
         "model_sha256": contract.sha256_file(model_path),
         "training": {
             "data": data,
-            "rows": int(len(frame)),
-            "train_rows": int(len(x_train)),
-            "eval_rows": int(len(x_eval)),
+            "rows": len(frame),
+            "train_rows": len(x_train),
+            "eval_rows": len(x_eval),
             "eval_fraction": eval_fraction,
             "seed": seed,
         },

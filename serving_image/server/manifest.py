@@ -46,7 +46,7 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 
 def validate_manifest(manifest: Any, source: str = MANIFEST_FILE) -> dict[str, Any]:
-    """Check a parsed manifest's structure and return it; raise ``ManifestError`` naming the fault."""
+    """Check a parsed manifest's structure; raise ``ManifestError`` naming the fault."""
     if not isinstance(manifest, dict):
         raise ManifestError(f"{source}: expected a JSON object, got {type(manifest).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in manifest]

@@ -37,12 +37,12 @@ def format_classification(
     if probabilities is None:
         raise ValueError("this model has no class probabilities; ask for output 'label'")
     keys = [str(cls) for cls in classes]
-    as_dicts = [dict(zip(keys, row)) for row in probabilities]
+    as_dicts = [dict(zip(keys, row, strict=True)) for row in probabilities]
     if output == "probabilities":
         return as_dicts
     return [
         {"label": label, "probabilities": probs}
-        for label, probs in zip(labels, as_dicts)
+        for label, probs in zip(labels, as_dicts, strict=True)
     ]
 
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create the project's virtualenv (.venv) and install the project with its serve and dev extras.
+# Idempotent: reinstalls only when pyproject.toml changed since the last install.
+# Settings: PYTHON (interpreter to build the venv from; default python3.11, else python3), VENV (.venv).
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3 || true)}
+[[ -n $PYTHON ]] || { echo "setup: no python3 found; install Python 3.10 or newer" >&2; exit 1; }
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || { echo "setup: $PYTHON is $("$PYTHON" -V 2>&1); Python 3.10 or newer is needed" >&2; exit 1; }
+
+if [[ ! -x $VENV/bin/python ]]; then
+  echo "setup: creating $VENV with $("$PYTHON" -V)"
+  "$PYTHON" -m venv "$VENV" || {
+    echo "setup: 'python -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
+fi
+stamp=$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -e $stamp ]]; then
+  echo "setup: installing the project and its dependencies into $VENV (a few minutes the first time)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[serve,dev]"
+  rm -f "$VENV"/.installed-* && touch "$stamp"
+fi
+echo "setup: $VENV ready ($("$VENV/bin/python" -V))"
