@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 
@@ -97,7 +98,184 @@ def _run_local(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run_local]
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``submit`` and ``schedule create``: where and how a run is created."""
+    import os
+
+    parser.add_argument(
+        "--project",
+        default=os.environ.get("GOOGLE_CLOUD_PROJECT", ""),
+        help="Google Cloud project ID (default: $GOOGLE_CLOUD_PROJECT)",
+    )
+    parser.add_argument("--region", default="us-central1", help="Vertex AI region")
+    parser.add_argument(
+        "--pipeline-root", required=True, help="gs:// folder for the run's artifacts"
+    )
+    parser.add_argument(
+        "--template",
+        type=Path,
+        required=True,
+        help="compiled pipeline YAML (written by the compile subcommand)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a pipeline parameter; repeat for more (lists and dicts as JSON)",
+    )
+    parser.add_argument("--params-file", type=Path, help="YAML or JSON file of pipeline parameters")
+    parser.add_argument("--display-name", default="train-to-serve")
+    parser.add_argument("--service-account", help="service account the run executes as")
+    parser.add_argument("--network", help="VPC network for the run (projects/N/global/networks/X)")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="run label; repeatable"
+    )
+    caching = parser.add_mutually_exclusive_group()
+    caching.add_argument(
+        "--cache",
+        dest="enable_caching",
+        action="store_true",
+        default=None,
+        help="force caching on for every task",
+    )
+    caching.add_argument(
+        "--no-cache",
+        dest="enable_caching",
+        action="store_false",
+        help="force caching off for every task (recommended for scheduled retraining)",
+    )
+
+
+def _run_settings(args: argparse.Namespace) -> Any:
+    """Turn the shared run flags into ``RunSettings``; parameter files first, flags override."""
+    from pipelines.parameters import (
+        coerce_text_values,
+        parse_assignments,
+        read_parameter_file,
+        root_parameters,
+    )
+    from pipelines.vertex_jobs import RunSettings, SubmitError
+
+    if not args.template.is_file():
+        raise SubmitError(f"pipeline template {args.template} not found; run compile first")
+    parameters: dict[str, Any] = {}
+    if args.params_file:
+        parameters.update(read_parameter_file(args.params_file))
+    parameters.update(
+        coerce_text_values(parse_assignments(args.param), root_parameters(args.template))
+    )
+    return RunSettings(
+        template=args.template,
+        project=args.project,
+        region=args.region,
+        pipeline_root=args.pipeline_root,
+        parameters=parameters,
+        display_name=args.display_name,
+        job_id=getattr(args, "job_id", None),
+        enable_caching=args.enable_caching,
+        labels=parse_assignments(args.label, "--label"),
+        service_account=args.service_account,
+        network=args.network,
+    )
+
+
+def _add_submit(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "submit",
+        help="submit a pipeline run to Vertex AI Pipelines",
+        description=(
+            "Check the parameters against the compiled pipeline (names, types, required values), "
+            "then submit one run with google.cloud.aiplatform.PipelineJob."
+        ),
+    )
+    _add_run_flags(parser)
+    parser.add_argument("--job-id", help="run ID (lowercase letters, digits, hyphens)")
+    parser.set_defaults(handler=_submit)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines.vertex_jobs import submit
+
+    job = submit(_run_settings(args))
+    print(f"submitted {job.resource_name}")
+    return 0
+
+
+def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "schedule",
+        help="create, list, pause, resume or delete retraining schedules",
+        description="Scheduled retraining with Vertex AI PipelineJobSchedule.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a schedule for the pipeline")
+    _add_run_flags(create)
+    create.add_argument("--cron", required=True, help='5-field cron, e.g. "0 3 * * 1"')
+    create.add_argument("--time-zone", help="IANA time zone for the cron, e.g. Europe/Berlin")
+    create.add_argument("--schedule-name", default="train-to-serve-retraining")
+    create.add_argument("--max-concurrent-runs", type=int, default=1)
+    create.add_argument("--max-runs", type=int, help="stop after this many runs")
+    create.add_argument("--start-time", help="ISO 8601 with offset, e.g. 2026-12-01T00:00:00Z")
+    create.add_argument("--end-time", help="ISO 8601 with offset")
+    create.add_argument(
+        "--allow-queueing",
+        action="store_true",
+        help="queue a run instead of skipping it when max concurrent runs is reached",
+    )
+    create.set_defaults(handler=_schedule_create)
+    for action, text in (
+        ("list", "list schedules"),
+        ("pause", "pause a schedule"),
+        ("resume", "resume a schedule"),
+        ("delete", "delete a schedule"),
+    ):
+        sub = actions.add_parser(action, help=text)
+        sub.add_argument("--project", required=True)
+        sub.add_argument("--region", default="us-central1")
+        if action != "list":
+            sub.add_argument("schedule", help="schedule ID or full resource name")
+        sub.set_defaults(handler=_schedule_action)
+
+
+def _schedule_create(args: argparse.Namespace) -> int:
+    from pipelines.vertex_jobs import ScheduleSettings, create_schedule
+
+    created = create_schedule(
+        _run_settings(args),
+        ScheduleSettings(
+            cron=args.cron,
+            time_zone=args.time_zone,
+            display_name=args.schedule_name,
+            max_concurrent_runs=args.max_concurrent_runs,
+            max_runs=args.max_runs,
+            start_time=args.start_time,
+            end_time=args.end_time,
+            allow_queueing=args.allow_queueing,
+        ),
+    )
+    print(f"created schedule {created.resource_name}")
+    return 0
+
+
+def _schedule_action(args: argparse.Namespace) -> int:
+    from pipelines.vertex_jobs import schedule_action
+
+    for row in schedule_action(
+        args.action,
+        project=args.project,
+        region=args.region,
+        schedule_id=getattr(args, "schedule", None),
+    ):
+        print(json.dumps(dict(row)))
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_run_local,
+    _add_submit,
+    _add_schedule,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,11 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; errors become one line and an exit status."""
     from components.train import TrainingInputError
+    from pipelines.parameters import ParameterError
+    from pipelines.vertex_jobs import SubmitError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UsageError, TrainingInputError) as exc:
+    except (UsageError, TrainingInputError, ParameterError, SubmitError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,144 @@
+"""Check and convert pipeline parameter values against a compiled pipeline spec.
+
+The aiplatform SDK accepts wrong types and missing required values and lets the run fail on
+Vertex minutes later; these checks run before any request is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Compiled KFP parameter types and the Python types that satisfy them.
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "STRING": (str,),
+    "NUMBER_INTEGER": (int,),
+    "NUMBER_DOUBLE": (int, float),
+    "BOOLEAN": (bool,),
+    "LIST": (list,),
+    "STRUCT": (dict,),
+}
+_TYPE_WORDS = {
+    "STRING": "a string",
+    "NUMBER_INTEGER": "an integer",
+    "NUMBER_DOUBLE": "a number",
+    "BOOLEAN": "true or false",
+    "LIST": "a JSON list",
+    "STRUCT": "a JSON object",
+}
+
+
+class ParameterError(ValueError):
+    """A parameter value does not fit the compiled pipeline; the message says which and why."""
+
+
+def root_parameters(template: str | Path) -> dict[str, dict[str, Any]]:
+    """The pipeline's root input parameters from a compiled YAML: name -> spec."""
+    spec = yaml.safe_load(Path(template).read_text())
+    try:
+        return dict(spec["root"]["inputDefinitions"]["parameters"])
+    except (KeyError, TypeError):
+        return {}
+
+
+def _from_text(name: str, text: str, kind: str) -> Any:
+    """Convert a command-line string to the parameter's type."""
+    try:
+        if kind == "STRING":
+            return text
+        if kind == "NUMBER_INTEGER":
+            return int(text)
+        if kind == "NUMBER_DOUBLE":
+            return float(text)
+        if kind == "BOOLEAN":
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            raise ValueError(text)
+        return json.loads(text)
+    except ValueError:
+        raise ParameterError(
+            f"parameter {name!r} must be {_TYPE_WORDS[kind]}, got {text!r}"
+        ) from None
+
+
+def coerce_text_values(
+    values: Mapping[str, str], declared: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Convert command-line strings (``--param k=v``) to their declared types.
+
+    Names the pipeline does not declare are passed through unchanged, for
+    ``validate_parameters`` to report together with any other unknown name.
+    """
+    return {
+        name: _from_text(name, text, declared[name].get("parameterType", "STRING"))
+        if name in declared
+        else text
+        for name, text in values.items()
+    }
+
+
+def validate_parameters(
+    values: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Check ``values`` against the declared parameters; raise ``ParameterError`` on any fault.
+
+    Args:
+        values: parameter name -> value, already typed (from a file, or ``coerce_text_values``).
+        declared: the compiled pipeline's root parameters (``root_parameters``).
+    """
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ParameterError(
+            f"unknown pipeline parameter(s) {unknown}; the pipeline takes {sorted(declared)}"
+        )
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        kind = declared[name].get("parameterType", "STRING")
+        allowed = _PYTHON_TYPES.get(kind, (object,))
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise ParameterError(
+                f"parameter {name!r} must be {_TYPE_WORDS.get(kind, kind)}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        checked[name] = value
+    missing = sorted(
+        name
+        for name, spec in declared.items()
+        if name not in checked and "defaultValue" not in spec and not spec.get("isOptional")
+    )
+    if missing:
+        raise ParameterError(
+            f"missing required pipeline parameter(s) {missing}; pass them with --param NAME=VALUE"
+        )
+    return checked
+
+
+def parse_assignments(pairs: list[str], what: str = "--param") -> dict[str, str]:
+    """Parse ``NAME=VALUE`` strings from repeated command-line flags."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ParameterError(f"{what} expects NAME=VALUE, got {pair!r}")
+        parsed[name] = value
+    return parsed
+
+
+def read_parameter_file(path: str | Path) -> dict[str, Any]:
+    """Read parameter values from a YAML or JSON file holding one mapping."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ParameterError(f"cannot read parameter file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"parameter file {path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParameterError(f"parameter file {path} must hold a mapping of name: value")
+    return data
