@@ -36,13 +36,25 @@ class ParameterError(ValueError):
     """A parameter value does not fit the compiled pipeline; the message says which and why."""
 
 
+def _spec(template: str | Path) -> dict[str, Any]:
+    try:
+        spec = yaml.safe_load(Path(template).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParameterError(f"cannot read the compiled pipeline {template}: {exc}") from None
+    if not isinstance(spec, dict) or "root" not in spec:
+        raise ParameterError(f"{template} is not a compiled KFP pipeline (no 'root')")
+    return spec
+
+
 def root_parameters(template: str | Path) -> dict[str, dict[str, Any]]:
     """The pipeline's root input parameters from a compiled YAML: name -> spec."""
-    spec = yaml.safe_load(Path(template).read_text())
-    try:
-        return dict(spec["root"]["inputDefinitions"]["parameters"])
-    except (KeyError, TypeError):
-        return {}
+    spec = _spec(template)
+    return dict(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+
+
+def pipeline_name(template: str | Path) -> str:
+    """The ``pipelineInfo.name`` of a compiled pipeline."""
+    return str(_spec(template).get("pipelineInfo", {}).get("name", ""))
 
 
 def _from_text(name: str, text: str, kind: str) -> Any:
