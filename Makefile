@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 .PHONY: setup run test
 setup:
 	bash scripts/setup.sh
+	bash scripts/setup-container-engine.sh
 
 run: setup
 	$(PY) compile.py run-local
