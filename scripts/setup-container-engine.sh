@@ -18,7 +18,9 @@
 #           TRAIN_TO_SERVE_PULL_TIMEOUT; else localhost/train-to-serve-python:3.11, built once
 #           from Debian packages (debootstrap minbase bookworm + python3, python3-venv,
 #           ca-certificates + security updates, slimmed, a venv at /opt/venv on PATH so that
-#           `python` and `pip` work as in python:3.11-slim). It is reused while its
+#           `python` and `pip` work as in python:3.11-slim, with pip from PyPI since Debian's
+#           pip 23.0.1 never writes its cache, so RUN --mount=type=cache would not help). It is
+#           reused while its
 #           io.train-to-serve.base-recipe label equals BASE_RECIPE below.
 #
 # Usage:   scripts/setup-container-engine.sh            (root, or a user with password-less sudo)
@@ -44,6 +46,8 @@
 #   DEBIAN_MIRROR                   [http://deb.debian.org/debian]
 #   DEBIAN_SECURITY_MIRROR          [http://deb.debian.org/debian-security]
 #   TRAIN_TO_SERVE_SETUP_WORK_DIR   [/var/tmp/train-to-serve-setup]  scratch (rootfs, logs)
+#   TRAIN_TO_SERVE_CA_BUNDLE        [the host's, e.g. /etc/ssl/certs/ca-certificates.crt]  CA
+#                                   bundle pip uses while the base is built (TLS interception)
 set -Eeuo pipefail
 
 # CI may start this with `env -i` and no TTY: set everything relied on.
@@ -65,7 +69,8 @@ DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-se
 WORK_DIR=${TRAIN_TO_SERVE_SETUP_WORK_DIR:-/var/tmp/train-to-serve-setup}
 
 # Bump when the local base image's recipe changes (then it is rebuilt on the next run).
-BASE_RECIPE=1
+BASE_RECIPE=2
+BASE_PIP=pip==26.3
 BASE_LABEL=io.train-to-serve.base-recipe
 BASE_PACKAGES=python3,python3-venv,ca-certificates
 SMOKE_IMAGE=localhost/train-to-serve-smoke:1
@@ -458,12 +463,43 @@ build_local_base() {
   step "base: venv" run_logged "$WORK_DIR/venv.log" "creating /opt/venv in the base failed" \
     "python3-venv is missing from the rootfs" \
     chroot "$ROOTFS" sh -c '/usr/bin/python3 -m venv /opt/venv && /opt/venv/bin/python -m pip --version'
+  step "base: pip upgrade" upgrade_base_pip
   as_root umount "$ROOTFS/proc"
   as_root rm -f "$ROOTFS/usr/sbin/policy-rc.d"
   slim_rootfs
   log "base: importing as $LOCAL_BASE"
   step "base: import" import_rootfs
   safe_rm_tree "$ROOTFS"; trap - EXIT
+}
+
+# The host's CA bundle: pip in the chroot needs it where TLS to PyPI is intercepted.
+host_ca_bundle() {
+  local c
+  if [[ -n ${TRAIN_TO_SERVE_CA_BUNDLE+x} ]]; then
+    [[ -n $TRAIN_TO_SERVE_CA_BUNDLE && $TRAIN_TO_SERVE_CA_BUNDLE != none ]] && echo "$TRAIN_TO_SERVE_CA_BUNDLE"
+    return 0
+  fi
+  for c in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; do
+    [[ -f $c ]] && { echo "$c"; return 0; }
+  done
+}
+
+# Debian's pip 23.0.1 (from python3-venv) never writes its cache; a current pip from PyPI
+# does, and behaves like python:3.11-slim's. Without PyPI the base keeps Debian's pip.
+upgrade_base_pip() {
+  local ca env=()
+  ca=$(host_ca_bundle || true)
+  if [[ -n $ca ]]; then
+    as_root cp "$ca" "$ROOTFS/tmp/host-ca.crt"
+    env=(PIP_CERT=/tmp/host-ca.crt)
+  fi
+  if as_root chroot "$ROOTFS" env "${env[@]}" PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+      /opt/venv/bin/python -m pip install -q --upgrade "$BASE_PIP" > "$WORK_DIR/pip.log" 2>&1; then
+    log "base: $(as_root chroot "$ROOTFS" /opt/venv/bin/python -m pip --version | cut -d' ' -f1-2)"
+  else
+    log "base: WARNING: could not install $BASE_PIP from PyPI (see $WORK_DIR/pip.log); keeping Debian's pip"
+  fi
+  as_root rm -f "$ROOTFS/tmp/host-ca.crt"
 }
 
 # run_logged LOG WHAT CAUSE CMD...: run CMD as root with its output in LOG; on failure show
