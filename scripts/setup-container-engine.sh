@@ -18,9 +18,8 @@
 #           TRAIN_TO_SERVE_PULL_TIMEOUT; else localhost/train-to-serve-python:3.11, built once
 #           from Debian packages (debootstrap minbase bookworm + python3, python3-venv,
 #           ca-certificates + security updates, slimmed, a venv at /opt/venv on PATH so that
-#           `python` and `pip` work as in python:3.11-slim, with pip from PyPI since Debian's
-#           pip 23.0.1 never writes its cache, so RUN --mount=type=cache would not help). It is
-#           reused while its
+#           `python` and `pip` work as in python:3.11-slim, with a current pip from PyPI in
+#           place of Debian's 23.0.1 when PyPI can be reached). It is reused while its
 #           io.train-to-serve.base-recipe label equals BASE_RECIPE below.
 #
 # Usage:   scripts/setup-container-engine.sh            (root, or a user with password-less sudo)
@@ -484,8 +483,8 @@ host_ca_bundle() {
   done
 }
 
-# Debian's pip 23.0.1 (from python3-venv) never writes its cache; a current pip from PyPI
-# does, and behaves like python:3.11-slim's. Without PyPI the base keeps Debian's pip.
+# Debian's python3-venv seeds pip 23.0.1; a current pip from PyPI behaves like the one in
+# python:3.11-slim (truststore, resolver fixes). Without PyPI the base keeps Debian's pip.
 upgrade_base_pip() {
   local ca env=()
   ca=$(host_ca_bundle || true)
