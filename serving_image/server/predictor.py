@@ -1,0 +1,253 @@
+"""Predictors: load a model directory and turn validated requests into predictions.
+
+The interface mirrors Vertex CPR's and KServe's ``Predictor``/``Model``: ``load``, then per
+request ``preprocess`` -> ``predict`` -> ``postprocess``. It knows nothing about HTTP, so it
+can be used in-process (the benchmark's no-HTTP limit does exactly that) and a TensorFlow
+predictor can be added beside ``SklearnPredictor`` without touching the server.
+
+``load_predictor`` is the one entry point the server uses. It refuses a model whose
+``model.joblib`` does not hash to the manifest's ``model_sha256`` *before* unpickling it
+(unpickling runs arbitrary code), checks the model against its manifest, then runs the
+exported sample instances through the full request path and compares the answers with
+``expected_predictions.jsonl``. That self-check catches library skew between the trainer
+and the serving image (a different scikit-learn that unpickles but predicts differently)
+and warms the model up before health turns 200.
+
+numpy, pandas and scikit-learn are imported inside the methods: this module is imported on
+the way to binding the port, and those imports take seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import manifest as contract
+from .predictions import format_classification, format_regression
+from .validation import PredictRequest, RequestError, Schema, parse_predict_request
+
+SELF_CHECK_REL_TOL = 1e-7
+"""Relative tolerance of the load-time self-check; HTTP answers themselves are exact."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served; the message says what is wrong and what to do."""
+
+
+class Predictor(ABC):
+    """Load a model once; answer validated requests with one JSON-ready prediction each."""
+
+    schema: Schema
+    """What requests must look like; set by ``load``."""
+
+    @abstractmethod
+    def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
+        """Load the (already checksum-verified) model from ``model_dir``; set ``schema``."""
+
+    @abstractmethod
+    def preprocess(self, request: PredictRequest) -> Any:
+        """Turn the request's feature columns into the model's input batch."""
+
+    @abstractmethod
+    def predict(self, inputs: Any, request: PredictRequest) -> Any:
+        """Run the model once on the whole batch."""
+
+    @abstractmethod
+    def postprocess(self, outputs: Any, request: PredictRequest) -> list[Any]:
+        """Turn the model's outputs into one JSON-ready prediction per instance, in order."""
+
+    def __call__(self, request: PredictRequest) -> list[Any]:
+        """The full chain for one request."""
+        return self.postprocess(self.predict(self.preprocess(request), request), request)
+
+
+class SklearnPredictor(Predictor):
+    """A fitted scikit-learn estimator or ``Pipeline`` (preprocessor + estimator) from joblib.
+
+    For a ``Pipeline`` the preprocessing steps run once per request and the final estimator
+    is then asked for labels and/or probabilities on the transformed batch. That is exactly
+    what ``Pipeline.predict`` and ``Pipeline.predict_proba`` do internally, so the answers
+    are identical, but ``output="both"`` costs one preprocessing pass instead of two; with a
+    ``ColumnTransformer`` on pandas input that pass is nearly all of the model's time.
+    """
+
+    def __init__(self) -> None:
+        self._transform: Any = None
+        self._estimator: Any = None
+        self._classes: list[Any] = []
+        self._task = "regression"
+        self._numeric: dict[str, bool] = {}
+
+    def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
+        import joblib
+
+        model = joblib.load(model_dir / manifest["model_file"])
+        steps = getattr(model, "steps", None)
+        if steps is not None:
+            self._transform = model[:-1] if len(steps) > 1 else None
+            self._estimator = model[-1]
+        else:
+            self._estimator = model
+        self._task = manifest["task"]
+        names = [feature["name"] for feature in manifest["features"]]
+        fitted_names = getattr(model, "feature_names_in_", None)
+        if fitted_names is not None and list(fitted_names) != names:
+            raise ModelLoadError(
+                f"the model was fitted on features {list(fitted_names)} but the manifest "
+                f"lists {names}; re-export the model"
+            )
+        if not hasattr(self._estimator, "predict"):
+            raise ModelLoadError(f"{type(self._estimator).__name__} has no predict() method")
+        probabilities = False
+        if self._task == "classification":
+            classes = getattr(model, "classes_", None)
+            self._classes = [] if classes is None else classes.tolist()
+            if self._classes != manifest["target_classes"]:
+                raise ModelLoadError(
+                    f"the model's classes {self._classes} differ from the manifest's "
+                    f"target_classes {manifest['target_classes']}; re-export the model"
+                )
+            probabilities = hasattr(self._estimator, "predict_proba")
+        self.schema = Schema.from_manifest(manifest, probabilities)
+        self._numeric = {feature.name: feature.numeric for feature in self.schema.features}
+
+    def preprocess(self, request: PredictRequest) -> Any:
+        """A DataFrame shaped like the trainer's: numeric columns float64 (null -> NaN),
+        categorical columns object dtype with ``None`` for null."""
+        import numpy as np
+        import pandas as pd
+
+        index = pd.RangeIndex(request.count)
+        data: dict[str, Any] = {}
+        for name, values in request.columns.items():
+            if self._numeric[name]:
+                data[name] = np.array(values, dtype=np.float64)
+            else:  # explicit object dtype: pandas 3 would otherwise infer "str" (None -> NaN)
+                data[name] = pd.Series(values, index=index, dtype=object)
+        frame = pd.DataFrame(data, index=index, copy=False)
+        return frame if self._transform is None else self._transform.transform(frame)
+
+    def predict(self, inputs: Any, request: PredictRequest) -> tuple[Any, Any]:
+        """``(labels or values, probabilities)``; each is None when the output does not use it."""
+        if self._task == "regression":
+            return self._estimator.predict(inputs), None
+        labels = None if request.output == "probabilities" else self._estimator.predict(inputs)
+        probabilities = None if request.output == "label" else self._estimator.predict_proba(inputs)
+        return labels, probabilities
+
+    def postprocess(self, outputs: tuple[Any, Any], request: PredictRequest) -> list[Any]:
+        values, probabilities = outputs
+        if self._task == "regression":
+            return format_regression(values.tolist())
+        return format_classification(
+            [] if values is None else values.tolist(),
+            None if probabilities is None else probabilities.tolist(),
+            self._classes,
+            request.output,
+        )
+
+
+PREDICTORS: dict[str, type[Predictor]] = {"scikit-learn": SklearnPredictor}
+"""Predictor class by the manifest's ``framework``."""
+
+
+def load_predictor(model_dir: Path) -> tuple[Predictor, dict[str, Any]]:
+    """Verify, load and self-check the model in ``model_dir``; return it and a load summary.
+
+    Raises:
+        ModelLoadError: anything that makes the model unservable, with the reason.
+    """
+    started = time.perf_counter()
+    try:
+        manifest = contract.read_manifest(model_dir)
+    except contract.ManifestError as exc:
+        raise ModelLoadError(str(exc)) from None
+    predictor_class = PREDICTORS.get(manifest["framework"])
+    if predictor_class is None:
+        raise ModelLoadError(
+            f"framework {manifest['framework']!r} is not served by this image; it serves "
+            f"{sorted(PREDICTORS)}"
+        )
+    model_file = manifest["model_file"]
+    model_path = model_dir / model_file
+    if Path(model_file).name != model_file or not model_path.is_file():
+        raise ModelLoadError(f"model file {model_file!r} not found in {model_dir}")
+    actual = contract.sha256_file(model_path)
+    if actual != manifest["model_sha256"]:
+        raise ModelLoadError(
+            f"{model_path} has sha256 {actual} but {contract.MANIFEST_FILE} says "
+            f"{manifest['model_sha256']}: the file changed after export (corrupt or tampered "
+            "copy); refusing to unpickle it. Re-export or re-upload the model directory"
+        )
+    predictor = predictor_class()
+    try:
+        predictor.load(model_dir, manifest)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # unpickling can raise anything (missing module, version skew)
+        raise ModelLoadError(
+            f"cannot load {model_path} ({type(exc).__name__}: {exc}); the serving image's "
+            f"libraries may differ from training's {manifest.get('libraries', {})}"
+        ) from exc
+    checked = _self_check(predictor, model_dir, manifest)
+    return predictor, {
+        "model_dir": str(model_dir),
+        "framework": manifest["framework"],
+        "task": manifest["task"],
+        "features": len(manifest["features"]),
+        "self_checked_instances": checked,
+        "load_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _self_check(predictor: Predictor, model_dir: Path, manifest: dict[str, Any]) -> int:
+    """Predict the exported sample instances and compare with the exported predictions."""
+    sample_path = model_dir / contract.INSTANCES_FILE
+    expected_path = model_dir / contract.EXPECTED_FILE
+    if not (sample_path.is_file() and expected_path.is_file()):
+        raise ModelLoadError(
+            f"{model_dir} lacks {contract.INSTANCES_FILE} or {contract.EXPECTED_FILE}; the "
+            "server needs them to verify the model before serving it (the train component "
+            "writes both)"
+        )
+    instances = contract.read_jsonl(sample_path)
+    expected = contract.read_jsonl(expected_path)
+    try:
+        request = parse_predict_request(orjson.dumps({"instances": instances}), predictor.schema)
+        answers = predictor(request)
+    except RequestError as exc:
+        raise ModelLoadError(
+            f"{contract.INSTANCES_FILE} does not fit the manifest's schema: {exc.message}"
+        ) from None
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the model fails on its own sample instances ({type(exc).__name__}: {exc})"
+        ) from exc
+    if len(answers) != len(expected):
+        raise ModelLoadError(
+            f"{contract.EXPECTED_FILE} has {len(expected)} rows for {len(instances)} instances"
+        )
+    for row, (got, want) in enumerate(zip(answers, expected, strict=True)):
+        if not _close(got, want):
+            raise ModelLoadError(
+                f"self-check failed on sample instance {row}: predicted {got}, exported "
+                f"{want}. The serving image's libraries differ from training's "
+                f"({manifest.get('libraries', {})}); rebuild the image with those versions"
+            )
+    return len(answers)
+
+
+def _close(got: Any, want: Any) -> bool:
+    """Equal, except floats may differ by ``SELF_CHECK_REL_TOL`` (other CPUs, BLAS builds)."""
+    if isinstance(want, float) and isinstance(got, (int, float)):
+        return math.isclose(got, want, rel_tol=SELF_CHECK_REL_TOL, abs_tol=1e-12)
+    if isinstance(want, dict) and isinstance(got, dict):
+        return got.keys() == want.keys() and all(_close(got[k], want[k]) for k in want)
+    if isinstance(want, list) and isinstance(got, list):
+        return len(got) == len(want) and all(map(_close, got, want))
+    return type(got) is type(want) and got == want
