@@ -1,0 +1,62 @@
+"""The server's environment contract: defaults, overrides and refusals of bad values."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from serving_image.server.config import Config, ConfigError
+
+
+def test_defaults_follow_vertex_and_the_baked_in_model() -> None:
+    config = Config.from_env({})
+    assert (config.port, config.health_route, config.predict_route) == (8080, "/health", "/predict")
+    assert config.model_source == "/model"
+    assert config.workers == os.cpu_count()
+    assert config.max_body_bytes == 1_500_000
+    assert not config.access_log
+
+
+def test_an_empty_storage_uri_means_the_baked_in_model() -> None:
+    env = {"AIP_STORAGE_URI": "", "SERVING_MODEL_DIR": "/opt/model"}
+    assert Config.from_env(env).model_source == "/opt/model"
+    env["AIP_STORAGE_URI"] = "gs://bucket/model"
+    assert Config.from_env(env).model_source == "gs://bucket/model"
+
+
+def test_overrides() -> None:
+    config = Config.from_env(
+        {
+            "AIP_HTTP_PORT": "9000",
+            "AIP_HEALTH_ROUTE": "/v1/endpoints/1/deployedModels/2",
+            "AIP_PREDICT_ROUTE": "/v1/endpoints/1/deployedModels/2:predict",
+            "SERVING_WORKERS": "3",
+            "SERVING_MAX_BODY_BYTES": "10000000",
+            "SERVING_GRACE_PERIOD_S": "5",
+            "SERVING_ACCESS_LOG": "true",
+            "SERVING_LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert config.port == 9000 and config.workers == 3 and config.grace_period_s == 5
+    assert config.predict_route.endswith(":predict") and config.max_body_bytes == 10_000_000
+    assert config.access_log and config.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AIP_HTTP_PORT": "http"}, "AIP_HTTP_PORT='http' is not an integer"),
+        ({"AIP_HTTP_PORT": "70000"}, "AIP_HTTP_PORT=70000 must be between 1 and 65535"),
+        ({"AIP_PREDICT_ROUTE": "predict"}, "AIP_PREDICT_ROUTE='predict' must be a URL path"),
+        ({"AIP_HEALTH_ROUTE": "/health?x=1"}, "AIP_HEALTH_ROUTE='/health?x=1' must be a URL path"),
+        ({"AIP_STORAGE_URI": "gs://"}, "AIP_STORAGE_URI='gs://' names no bucket"),
+        ({"SERVING_WORKERS": "0"}, "SERVING_WORKERS=0 must be at least 1"),
+        ({"SERVING_ACCESS_LOG": "maybe"}, "SERVING_ACCESS_LOG='maybe' is not a boolean"),
+        ({"SERVING_LOG_LEVEL": "loud"}, "SERVING_LOG_LEVEL='loud' is not one of"),
+        ({"SERVING_GRACE_PERIOD_S": "1.5"}, "SERVING_GRACE_PERIOD_S='1.5' is not an integer"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message.replace("?", r"\?")):
+        Config.from_env(env)
