@@ -800,7 +800,8 @@ def _build_failure_message(
     engine: str, tag: str, rc: int, step: str, tail: str, seconds: float
 ) -> str:
     hints = []
-    if "CERTIFICATE_VERIFY_FAILED" in tail or "certificate verify failed" in tail:
+    tls_failure = "CERTIFICATE_VERIFY_FAILED" in tail or "certificate verify failed" in tail
+    if tls_failure:
         hints.append(
             "TLS to PyPI is intercepted and the build has no CA that trusts it: set "
             f"{CA_BUNDLE_ENV} to the CA bundle that does (the build gets it as secret "
@@ -811,7 +812,9 @@ def _build_failure_message(
             "the base image cannot be pulled; build from a local one: "
             f"{SETUP_HINT}, and pass BASE_IMAGE=choose_base_image(engine)"
         )
-    if "No matching distribution" in tail or "Could not find a version" in tail:
+    if not tls_failure and (
+        "No matching distribution" in tail or "Could not find a version" in tail
+    ):
         hints.append(
             "pip cannot find a pinned requirement for the base image's Python; check "
             "serving_image/requirements.txt against Python 3.11"

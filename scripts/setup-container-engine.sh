@@ -176,7 +176,7 @@ engine_works() {
   local e=$1 out
   if ! command -v "$e" >/dev/null 2>&1; then WHY="$e: not installed"; return 1; fi
   if ! out=$(timeout 30 "$e" info 2>&1 >/dev/null); then
-    WHY="$e info failed: $(tail -n 3 <<<"$out" | tr '\n' ' ')"; return 1
+    WHY="$e is not usable ('$e info' failed: $(tail -n 3 <<<"$out" | tr '\n' ' '))"; return 1
   fi
   if ! out=$(make_smoke_image "$e" 2>&1); then WHY="$e import failed: $out"; return 1; fi
   if ! out=$(timeout 60 "$e" run --rm --network none "$SMOKE_IMAGE" /bin/true 2>&1); then
@@ -445,7 +445,8 @@ build_local_base() {
   log "base: debootstrap --variant=minbase bookworm + $BASE_PACKAGES (log: $WORK_DIR/debootstrap.log)"
   step "base: debootstrap" run_logged "$WORK_DIR/debootstrap.log" \
     "debootstrap of Debian bookworm failed" \
-    "the mirror $DEBIAN_MIRROR is unreachable (set DEBIAN_MIRROR), or the keyring is missing" \
+    "the mirror $DEBIAN_MIRROR cannot be reached, or the Debian archive keyring is missing" \
+    "check 'apt-get update' works, set DEBIAN_MIRROR to a reachable Debian mirror, or install debian-archive-keyring; or make $REGISTRY_BASE pullable" \
     debootstrap --variant=minbase --include="$BASE_PACKAGES" "${keyring[@]}" bookworm "$ROOTFS" "$DEBIAN_MIRROR"
   printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s bookworm-security main\n' \
     "$DEBIAN_MIRROR" "$DEBIAN_MIRROR" "$DEBIAN_SECURITY_MIRROR" | as_root tee "$ROOTFS/etc/apt/sources.list" >/dev/null
@@ -455,12 +456,13 @@ build_local_base() {
   as_root chmod +x "$ROOTFS/usr/sbin/policy-rc.d"
   step "base: security updates" run_logged "$WORK_DIR/upgrade.log" \
     "apt-get upgrade in the base rootfs failed" \
-    "$DEBIAN_MIRROR or $DEBIAN_SECURITY_MIRROR is unreachable (set DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR)" \
+    "$DEBIAN_MIRROR or $DEBIAN_SECURITY_MIRROR cannot be reached" \
+    "set DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR to reachable mirrors and rerun" \
     chroot "$ROOTFS" sh -c 'apt-get update -qq && apt-get -y -qq upgrade'
   # Debian's python3 is "externally managed" (PEP 668) and has no python/pip commands: a venv
   # on PATH makes `python` and `pip install` behave as in python:3.11-slim.
   step "base: venv" run_logged "$WORK_DIR/venv.log" "creating /opt/venv in the base failed" \
-    "python3-venv is missing from the rootfs" \
+    "python3-venv is missing from the rootfs" "rerun with TRAIN_TO_SERVE_REBUILD_BASE=1" \
     chroot "$ROOTFS" sh -c '/usr/bin/python3 -m venv /opt/venv && /opt/venv/bin/python -m pip --version'
   step "base: pip upgrade" upgrade_base_pip
   as_root umount "$ROOTFS/proc"
@@ -501,13 +503,13 @@ upgrade_base_pip() {
   as_root rm -f "$ROOTFS/tmp/host-ca.crt"
 }
 
-# run_logged LOG WHAT CAUSE CMD...: run CMD as root with its output in LOG; on failure show
+# run_logged LOG WHAT CAUSE FIX CMD...: run CMD as root with its output in LOG; on failure show
 # the log's tail with the cause and the fix.
 run_logged() {
-  local logf=$1 what=$2 cause=$3; shift 3
+  local logf=$1 what=$2 cause=$3 fix=$4; shift 4
   # shellcheck disable=SC2016  # expanded by the inner bash
   as_root bash -c 'log=$1; shift; "$@" >"$log" 2>&1' _ "$logf" "$@" ||
-    fail "$what" "$cause" "see $logf" "$(as_root tail -n 25 "$logf" 2>/dev/null)"
+    fail "$what" "$cause" "$fix (full log: $logf)" "$(as_root tail -n 25 "$logf" 2>/dev/null)"
 }
 
 # Slim as Docker's debian:*-slim does: no apt lists/caches, docs, man pages or locales. The dpkg
