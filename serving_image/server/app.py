@@ -1,15 +1,14 @@
 """The HTTP layer: a plain ASGI application with two routes and JSON errors.
 
-Plain ASGI (no framework) because the app is two routes and the per-request cost is what
+Plain ASGI (no framework) because the app is two routes and per-request overhead is what
 the benchmark measures: no routing tables, middleware stack or request objects, orjson for
 both directions, and no access-log line unless asked for.
 
-Prediction runs synchronously on the worker's event loop. The model call is one vectorised
-batch of a few milliseconds (a ``ColumnTransformer`` pipeline costs ~8 ms on the reference
-2-vCPU box, whatever the batch size up to ~100); measured against ``run_in_executor`` the
-threadpool added ~0.1-0.2 ms per request and, because scikit-learn holds the GIL for most
-of that time, bought no concurrency. Health probes on the same worker wait at most one
-prediction; Vertex's health timeout is 10 s. Concurrency comes from worker processes.
+Prediction runs synchronously on the worker's event loop, through ``batching.Batcher`` so
+that requests waiting on the same worker share one model call. A scikit-learn call holds
+the GIL nearly all the time, so a thread pool would add a hand-off per request and buy no
+parallelism; concurrency comes from worker processes. Health probes on a busy worker wait
+for at most the model call in progress (milliseconds; Vertex's health timeout is 10 s).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from .batching import Batcher
 from .config import Config
 from .loading import ModelState
 from .logs import log_fields
@@ -53,6 +53,7 @@ class ServingApp:
     def __init__(self, config: Config, state: ModelState) -> None:
         self.config = config
         self.state = state
+        self.batcher: Batcher | None = None
         self.routes: dict[str, dict[str, Handler]] = {}
         # Vertex's docs disagree on whether the default health route equals the predict
         # route; keying on (path, method) serves both layouts.
@@ -117,12 +118,14 @@ class ServingApp:
             )
             await send_json(send, 503, {"error": error}, [(b"retry-after", b"1")])
             return
+        if self.batcher is None:
+            self.batcher = Batcher(predictor, self.config.max_batch_instances)
         request: PredictRequest | None = None
         try:
             _check_content_type(scope)
             body = await read_body(scope, receive, self.config.max_body_bytes)
             request = parse_predict_request(body, predictor.schema)
-            predictions = predictor(request)
+            predictions = await self.batcher.predict(request)
         except RequestError as exc:
             await send_json(send, exc.status, exc.body())
             return

@@ -23,6 +23,7 @@ DEFAULT_HEALTH_ROUTE = "/health"
 DEFAULT_PREDICT_ROUTE = "/predict"
 DEFAULT_MODEL_DIR = "/model"
 DEFAULT_MAX_BODY_BYTES = 1_500_000  # Vertex's request limit on shared public endpoints
+DEFAULT_MAX_BATCH_INSTANCES = 1000  # a merged penguins call: ~13 ms instead of ~7.5 ms
 DEFAULT_GRACE_PERIOD_S = 20  # below Kubernetes' default 30 s terminationGracePeriodSeconds
 DEFAULT_WORKER_TIMEOUT_S = 60  # Vertex's inference timeout on shared endpoints
 DEFAULT_KEEP_ALIVE_S = 65  # longer than common proxy idle timeouts, as KServe does
@@ -54,6 +55,9 @@ class Config:
     """``SERVING_WORKERS``: worker processes; default: the number of CPUs."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """``SERVING_MAX_BODY_BYTES``: larger request bodies get 413."""
+    max_batch_instances: int = DEFAULT_MAX_BATCH_INSTANCES
+    """``SERVING_MAX_BATCH_INSTANCES``: cap on instances per model call when concurrent
+    requests are merged (see ``batching``); 1 turns merging off."""
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S
     """``SERVING_GRACE_PERIOD_S``: after SIGTERM, seconds in-flight requests may still take."""
     worker_timeout_s: int = DEFAULT_WORKER_TIMEOUT_S
@@ -84,6 +88,9 @@ class Config:
             workers=reader.integer("SERVING_WORKERS", os.cpu_count() or 1, minimum=1),
             max_body_bytes=reader.integer(
                 "SERVING_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1
+            ),
+            max_batch_instances=reader.integer(
+                "SERVING_MAX_BATCH_INSTANCES", DEFAULT_MAX_BATCH_INSTANCES, minimum=1
             ),
             grace_period_s=reader.integer(
                 "SERVING_GRACE_PERIOD_S", DEFAULT_GRACE_PERIOD_S, minimum=1
