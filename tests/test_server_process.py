@@ -259,3 +259,52 @@ def test_a_gcs_model_directory_is_downloaded_once_and_served(
     assert fake_gcs.downloads == {prefix + p.name: 1 for p in penguins_model_dir.iterdir()}
     downloaded = [e for e in server.logs() if e["message"] == "downloaded the model directory"]
     assert len(downloaded) == 1 and downloaded[0]["files"] == 4
+
+
+def test_waiting_requests_share_one_model_call_and_a_failure_stays_with_its_request(
+    scripted_server: ServerProcess,
+) -> None:
+    """While a slow call blocks the (single) worker, requests queue on their keep-alive
+    connections; they are then predicted together: the model sleeps once for them, not
+    once per request."""
+    results: dict[float, httpx.Response] = {}
+
+    def behind_a_slow_call(requests: list[tuple[float, float]]) -> float:
+        clients = [httpx.Client(base_url=scripted_server.url(""), timeout=20) for _ in requests]
+        blocking_client = httpx.Client(base_url=scripted_server.url(""), timeout=20)
+        for client in clients:  # open the connections first, as a proxy keeps them open
+            assert client.get(scripted_server.health_route).status_code == 200
+
+        def post(client: httpx.Client, x: float, delay_s: float) -> None:
+            body = {"instances": [{"x": x, "delay_s": delay_s}]}
+            results[x] = client.post(scripted_server.predict_route, json=body)
+
+        blocker = threading.Thread(target=post, args=(blocking_client, 100.0, 1.0))
+        blocker.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        queued = [
+            threading.Thread(target=post, args=(client, *request))
+            for client, request in zip(clients, requests, strict=True)
+        ]
+        for thread in queued:
+            thread.start()
+        for thread in [blocker, *queued]:
+            thread.join()
+        for client in [blocking_client, *clients]:
+            client.close()
+        return time.monotonic() - started
+
+    elapsed = behind_a_slow_call([(1.0, 0.6), (2.0, 0.6), (3.0, 0.6), (4.0, 0.6)])
+    assert elapsed < 0.7 + 0.6 + 0.5, "the queued requests were not merged"
+    assert {x: results[x].json()["predictions"] for x in (100.0, 1.0, 2.0, 3.0, 4.0)} == {
+        100.0: [200.0], 1.0: [2.0], 2.0: [4.0], 3.0: [6.0], 4.0: [8.0]
+    }  # fmt: skip
+
+    results.clear()
+    behind_a_slow_call([(5.0, 0.0), (-1.0, 0.0), (6.0, 0.0)])
+    assert results[-1.0].status_code == 500
+    assert (results[5.0].json(), results[6.0].json()) == (
+        {"predictions": [10.0]},
+        {"predictions": [12.0]},
+    )
