@@ -271,10 +271,110 @@ def _schedule_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
+    # No import of components/ here: ``compile`` must be able to set the components image
+    # before they are first imported. Flags left at None take Vertex AI's defaults.
+    parser = subparsers.add_parser(
+        "check-contract",
+        help="check a serving image against Vertex AI's custom-container contract",
+        description=(
+            "Start IMAGE the way Vertex AI does (its own entrypoint, the AIP_* variables, the "
+            "declared port published) and check liveness, health, predict, malformed requests, "
+            "a concurrent burst and SIGTERM with Vertex's numbers. Prints the verdict and each "
+            "violation; exit status 0 only when every rule passes, 1 on a violation, 2 when "
+            "the check could not run."
+        ),
+    )
+    parser.add_argument("--image", required=True, help="image name or id in the local engine")
+    parser.add_argument("--port", type=int, help="containerSpec port (default: 8080)")
+    parser.add_argument(
+        "--health-route",
+        help="containerSpec.healthRoute (default: Vertex's /v1/endpoints/E/deployedModels/D)",
+    )
+    parser.add_argument(
+        "--predict-route",
+        help="containerSpec.predictRoute (default: Vertex's .../deployedModels/D:predict)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="model directory to mount read-only and name in AIP_STORAGE_URI; its "
+        "instances_sample.jsonl and expected_predictions.jsonl are the defaults below",
+    )
+    parser.add_argument(
+        "--instances", type=Path, help="JSON Lines, one instance (object or list) per line"
+    )
+    parser.add_argument(
+        "--expected",
+        type=Path,
+        help="JSON Lines, one expected prediction per instance (without it: shape only)",
+    )
+    parser.add_argument("--report", type=Path, help="write the Markdown report here")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="container variable"
+    )
+    parser.add_argument(
+        "--startup-deadline", type=float, help="seconds health may take to answer 200 (120)"
+    )
+    parser.add_argument(
+        "--grace-period", type=float, help="seconds allowed from SIGTERM to exit (30)"
+    )
+    parser.set_defaults(handler=_check_contract)
+
+
+def _check_contract(args: argparse.Namespace) -> int:
+    from components import contract_check as cc
+    from components.container_engine import ContainerEngineError
+    from serving_image.server import manifest
+
+    instances_path = args.instances
+    expected_path = args.expected
+    if instances_path is None and args.model_dir is not None:
+        instances_path = args.model_dir / manifest.INSTANCES_FILE
+        if expected_path is None and (args.model_dir / manifest.EXPECTED_FILE).is_file():
+            expected_path = args.model_dir / manifest.EXPECTED_FILE
+    if instances_path is None:
+        raise UsageError("give --instances FILE.jsonl, or --model-dir with instances_sample.jsonl")
+    env = dict(item.partition("=")[::2] for item in args.env)
+    defaults = cc.CheckSettings()
+    settings = cc.CheckSettings(
+        startup_deadline_s=args.startup_deadline or defaults.startup_deadline_s,
+        grace_period_s=args.grace_period or defaults.grace_period_s,
+    )
+    try:
+        report = cc.check_image(
+            args.image,
+            instances=manifest.read_jsonl(instances_path),
+            expected=manifest.read_jsonl(expected_path) if expected_path else None,
+            port=args.port or cc.DEFAULT_PORT,
+            health_route=args.health_route or cc.DEFAULT_HEALTH_ROUTE,
+            predict_route=args.predict_route or cc.DEFAULT_PREDICT_ROUTE,
+            model_dir=args.model_dir,
+            env=env,
+            settings=settings,
+        )
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except ContainerEngineError as exc:
+        print(f"error: the check could not run: {exc}", file=sys.stderr)
+        return 2
+    print(report.verdict())
+    for violation in report.violations:
+        print(f"\n{violation.message()}")
+    if report.startup_s is not None:
+        print(f"\nstartup (to first health 200): {report.startup_s:.2f} s")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report.to_markdown(), encoding="utf-8")
+        print(f"report written to {args.report}")
+    return 0 if report.passed else 1
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run_local,
     _add_submit,
     _add_schedule,
+    _add_check_contract,
 ]
 
 

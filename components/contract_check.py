@@ -303,6 +303,13 @@ def _json_body(value: Any) -> bytes:
     return json.dumps(value, allow_nan=False).encode()
 
 
+def free_local_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def tcp_accepts(base_url: str, timeout_s: float = 1.0) -> bool:
     """Whether a TCP connection to the base URL's host and port succeeds."""
     try:
@@ -1151,9 +1158,7 @@ def _run_container(
     from components.container_engine import ContainerRunError
 
     for attempt in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            host_port = probe.getsockname()[1]
+        host_port = free_local_port()
         try:
             container = engine.run(
                 image,
