@@ -1,9 +1,12 @@
 """Benchmark the model server against Vertex AI's CPR model server on the same model.
 
-Run from the repository root (takes ~3-4 minutes with the defaults):
+Run from the repository root (about 3 minutes with the defaults, CPR already installed):
 
     .venv/bin/python bench/serving.py                     # everything, 10 s per cell
-    .venv/bin/python bench/serving.py --python /tmp/venv-image/bin/python --no-cpr
+    # our server under the image's dependency set (serving_image/requirements.txt):
+    python3 -m venv /tmp/venv-image
+    /tmp/venv-image/bin/pip install -r serving_image/requirements.txt
+    .venv/bin/python bench/serving.py --python /tmp/venv-image/bin/python
 
 What it does, all on loopback with bounded durations:
 
@@ -12,7 +15,9 @@ What it does, all on loopback with bounded durations:
    same request bodies, no HTTP;
 3. starts our server as the image runs it (the package copied to ``<tmp>/app/server``,
    ``python -m server`` in ``<tmp>/app``, ``AIP_*`` variables) and measures start to the
-   first health 200 (``--startups`` times, fresh process each);
+   first health 200 (``--startups`` times, fresh process each); it is load-tested as
+   configured and once more with ``SERVING_MAX_BATCH_INSTANCES=1`` (no merging of
+   concurrent requests), to show what each design choice contributes;
 4. installs Vertex CPR (``google-cloud-aiplatform[prediction]``) into ``--cpr-venv`` unless it
    is there, and serves the same model with a small CPR ``Predictor`` (anchors.md §2.2): a
    DataFrame from the instances, then ``predict`` + ``predict_proba`` for the same answer as
