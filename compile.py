@@ -98,6 +98,65 @@ def _run_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compile(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compile",
+        help="compile the pipeline (and each component) to YAML",
+        description=(
+            "Write the train-to-serve pipeline spec, and each of our components as a reusable "
+            "YAML, for Vertex AI Pipelines. Our Python components run in the components image "
+            "(components/Dockerfile): name it with --components-image, or give --project (and "
+            "--region) to use REGION-docker.pkg.dev/PROJECT/train-to-serve/components:VERSION."
+        ),
+    )
+    parser.add_argument("--output", type=Path, default=Path("pipeline.yaml"))
+    parser.add_argument(
+        "--components-dir", type=Path,
+        help="where to write one YAML per component (default: components/ beside --output)",
+    )
+    parser.add_argument("--components-image", help="image URI our components run in")
+    parser.add_argument("--project", help="derive the components image from this project")
+    parser.add_argument("--region", default="us-central1", help="region of that image")
+    parser.set_defaults(handler=_compile)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from importlib.metadata import version
+
+    from kfp import compiler
+
+    from components.images import COMPONENTS_IMAGE, with_image
+    from pipelines.train_to_serve import OUR_COMPONENTS, build_pipeline
+
+    if args.components_image:
+        image = args.components_image
+    elif args.project:
+        # Our naming scheme: repository "train-to-serve" in the run's region, the project's
+        # version as tag.
+        image = (
+            f"{args.region}-docker.pkg.dev/{args.project}/train-to-serve/components:"
+            f"{version('train-to-serve')}"
+        )
+    else:
+        image = COMPONENTS_IMAGE
+        print(
+            f"warning: no --components-image or --project given; the YAML names {image}, "
+            "which Vertex cannot pull unless you push it under that name",
+            file=sys.stderr,
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(image), str(args.output))
+    components_dir = args.components_dir or args.output.parent / "components"
+    components_dir.mkdir(parents=True, exist_ok=True)
+    for name, component in OUR_COMPONENTS.items():
+        compiler.Compiler().compile(
+            with_image(component, image), str(components_dir / f"{name}.yaml")
+        )
+    print(f"wrote {args.output} and {len(OUR_COMPONENTS)} component YAMLs in {components_dir}")
+    print(f"components image: {image}")
+    return 0
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``submit`` and ``schedule create``: where and how a run is created."""
     import os
@@ -370,11 +429,102 @@ def _check_contract(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _add_endpoints(subparsers: argparse._SubParsersAction) -> None:
+    # No import of components/ here (see _add_check_contract).
+    parser = subparsers.add_parser(
+        "endpoints",
+        help="list, call or undeploy the local endpoints that run-local deploys",
+        description=(
+            "The local stand-in for Vertex AI endpoints: each is a serving container started by "
+            "run-local's deploy step (components/local_endpoint.py) and recorded in "
+            "--endpoints-dir. Undeploy stops and removes the container."
+        ),
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoints-dir",
+        type=Path,
+        default=DEFAULT_OUTPUT_DIR / "endpoints",
+        help="where the endpoints are recorded (default: %(default)s)",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", parents=[common], help="one JSON line per endpoint, with status")
+    predict = actions.add_parser(
+        "predict", parents=[common], help="send instances to an endpoint, print the response"
+    )
+    predict.add_argument("endpoint", help="endpoint id (or its resource name)")
+    predict.add_argument(
+        "--instances",
+        type=Path,
+        required=True,
+        help='.jsonl: one instance per line; .json: a list, or {"instances": [...]}',
+    )
+    predict.add_argument("--parameters", type=_json_object, help="JSON object sent as parameters")
+    undeploy = actions.add_parser(
+        "undeploy", parents=[common], help="stop and remove an endpoint's container"
+    )
+    which = undeploy.add_mutually_exclusive_group(required=True)
+    which.add_argument("endpoint", nargs="?", help="endpoint id (or its resource name)")
+    which.add_argument("--all", action="store_true", help="every endpoint in --endpoints-dir")
+    parser.set_defaults(handler=_endpoints)
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    from components import local_endpoint as le
+
+    try:
+        if args.action == "list":
+            return _endpoints_list(args.endpoints_dir)
+        if args.action == "predict":
+            instances, parameters = le.read_instances(args.instances)
+            if args.parameters is not None:
+                parameters = args.parameters
+            response = le.predict(
+                args.endpoint, instances, parameters, endpoints_dir=args.endpoints_dir
+            )
+            print(json.dumps(response, indent=2))
+            return 0
+        ids = [e.endpoint_id for e in le.list_endpoints(args.endpoints_dir)]
+        for endpoint_id in ids if args.all else [args.endpoint]:
+            seconds = le.undeploy(endpoint_id, endpoints_dir=args.endpoints_dir)
+            stopped = f"stopped in {seconds:.1f} s" if seconds is not None else "was not running"
+            print(f"undeployed {endpoint_id} (container {stopped})")
+        if args.all and not ids:
+            print(f"no endpoints in {args.endpoints_dir}", file=sys.stderr)
+        return 0
+    except le.EndpointInputError as exc:
+        raise UsageError(str(exc)) from None
+    except (le.EndpointError, le.ce.ContainerEngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _endpoints_list(endpoints_dir: Path) -> int:
+    from components import local_endpoint as le
+
+    endpoints = le.list_endpoints(endpoints_dir)
+    for endpoint in endpoints:
+        row = {
+            "endpoint": endpoint.endpoint_id,
+            "display_name": endpoint.display_name,
+            "model": endpoint.model,
+            "url": endpoint.url,
+            "status": le.container_status(endpoint),
+            "created": endpoint.create_time,
+        }
+        print(json.dumps(row))
+    if not endpoints:
+        print(f"no endpoints in {endpoints_dir}", file=sys.stderr)
+    return 0
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_compile,
     _add_run_local,
     _add_submit,
     _add_schedule,
     _add_check_contract,
+    _add_endpoints,
 ]
 
 
@@ -392,11 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; errors become one line and an exit status."""
+    args = build_parser().parse_args(argv)
     from components.train import TrainingInputError
     from pipelines.parameters import ParameterError
     from pipelines.vertex_jobs import SubmitError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (UsageError, TrainingInputError, ParameterError, SubmitError) as exc:

@@ -15,7 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.parameters import root_parameters, validate_parameters
+from pipelines.parameters import pipeline_name, root_parameters, validate_parameters
+
+PIPELINE_NAME = "train-to-serve"
 
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -84,7 +86,17 @@ def check_settings(settings: RunSettings) -> dict[str, Any]:
             )
     if not settings.template.is_file():
         raise SubmitError(f"pipeline template {settings.template} not found; run compile first")
-    return validate_parameters(settings.parameters, root_parameters(settings.template))
+    declared = root_parameters(settings.template)
+    checked = validate_parameters(settings.parameters, declared)
+    if pipeline_name(settings.template) == PIPELINE_NAME:
+        from pipelines.train_to_serve import check_run_parameters
+
+        defaults = {name: spec.get("defaultValue") for name, spec in declared.items()}
+        try:
+            check_run_parameters({**defaults, **checked})
+        except ValueError as exc:
+            raise SubmitError(str(exc)) from None
+    return checked
 
 
 def build_job(settings: RunSettings, credentials: Any = None) -> Any:

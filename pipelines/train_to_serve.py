@@ -1,0 +1,265 @@
+"""The train-to-serve pipeline for Vertex AI Pipelines.
+
+train -> build image -> contract check -> evaluation gate -> upload (a new version of an
+existing model, or a new model) -> in parallel: deploy to an endpoint, and a GPU batch
+prediction job.
+
+Every Vertex resource step is Google's own component (GCPC ``ModelUploadOp``,
+``EndpointCreateOp``, ``ModelDeployOp``, ``ModelBatchPredictOp``), each given ``location``
+explicitly (GCPC defaults it to us-central1 whatever the run's region). The only way a
+container spec reaches upload is the contract check's ``UnmanagedContainerModel`` output.
+"""
+
+from typing import Any
+
+from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
+from google_cloud_pipeline_components.v1.batch_predict_job import ModelBatchPredictOp
+from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp
+from google_cloud_pipeline_components.v1.model import ModelUploadOp
+from kfp import dsl
+
+from components.build_image import build_image
+from components.contract_check import contract_check
+from components.evaluation_gate import evaluation_gate
+from components.images import COMPONENTS_IMAGE, with_image
+from components.train import train
+from pipelines.accelerators import check_accelerator
+from pipelines.vertex_jobs import PIPELINE_NAME
+
+OUR_COMPONENTS = {
+    "train": train,
+    "build_image": build_image,
+    "contract_check": contract_check,
+    "evaluation_gate": evaluation_gate,
+}
+"""The project's own components in this pipeline, by name (compile exports each as YAML)."""
+DISPLAY_NAME_HINT = "letters, digits, spaces, '-', '_' and '.' only"
+
+
+def _upload(
+    unmanaged_container_model: Any,
+    *,
+    project: Any,
+    location: Any,
+    display_name: Any,
+    parent_model: Any,
+    version_aliases: Any,
+) -> Any:
+    """Upload as a new version of ``parent_model`` when one is named, else as a new model.
+
+    Returns the ``VertexModel`` output of whichever upload ran (``dsl.OneOf``): GCPC pins it
+    to the uploaded version, so deploy and batch prediction use exactly this version.
+    """
+    with dsl.If(parent_model != "", name="new-version"):
+        parent = dsl.importer(
+            artifact_uri=parent_model,
+            artifact_class=VertexModel,
+            metadata={"resourceName": parent_model},
+        )
+        as_version = ModelUploadOp(
+            project=project,
+            location=location,
+            display_name=display_name,
+            parent_model=parent.output,
+            unmanaged_container_model=unmanaged_container_model,
+            version_aliases=version_aliases,
+        )
+    with dsl.Else(name="new-model"):
+        as_model = ModelUploadOp(
+            project=project,
+            location=location,
+            display_name=display_name,
+            unmanaged_container_model=unmanaged_container_model,
+            version_aliases=version_aliases,
+        )
+    return dsl.OneOf(as_version.outputs["model"], as_model.outputs["model"])
+
+
+def build_pipeline(components_image: str = COMPONENTS_IMAGE) -> Any:
+    """Define the pipeline with our components running in ``components_image``.
+
+    A factory rather than a module-level pipeline because KFP fixes each task's image when the
+    pipeline is defined; ``compile.py compile --components-image`` needs to choose it. Our
+    components are copied, never changed in place.
+    """
+    ours = {name: with_image(c, components_image) for name, c in OUR_COMPONENTS.items()}
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Train a tabular model with its preprocessor, build and contract-check its "
+        "serving image, gate on evaluation, upload to the Model Registry, deploy to an endpoint "
+        "and run a GPU batch prediction job.",
+    )
+    def train_to_serve(
+        project: str,
+        staging_bucket: str,
+        batch_output_uri_prefix: str,
+        batch_gcs_source_uris: list = [],  # noqa: B006
+        location: str = "us-central1",
+        data: str = "penguins",
+        target: str = "",
+        task: str = "classification",
+        feature_columns: list = [],  # noqa: B006 (KFP needs literal defaults)
+        estimator: str = "auto",
+        hyperparameters: dict = {},  # noqa: B006
+        seed: int = 42,
+        image_repository: str = "train-to-serve",
+        image_name: str = "serving",
+        gate_metric: str = "accuracy",
+        gate_threshold: float = 0.8,
+        model_display_name: str = "train-to-serve",
+        parent_model: str = "",
+        version_aliases: list = ["default"],  # noqa: B006
+        endpoint: str = "",
+        endpoint_display_name: str = "train-to-serve",
+        deploy_machine_type: str = "n1-standard-2",
+        deploy_min_replicas: int = 1,
+        deploy_max_replicas: int = 1,
+        deploy_traffic_split: dict = {"0": "100"},  # noqa: B006
+        batch_instances_format: str = "jsonl",
+        batch_predictions_format: str = "jsonl",
+        batch_bigquery_source: str = "",
+        batch_bigquery_destination: str = "",
+        batch_machine_type: str = "n1-standard-8",
+        batch_accelerator_type: str = "NVIDIA_TESLA_T4",
+        batch_accelerator_count: int = 1,
+        batch_replica_count: int = 1,
+        batch_size: int = 64,
+    ) -> None:
+        """Train-to-serve on Vertex AI.
+
+        Args:
+            project: Google Cloud project ID for every Vertex resource.
+            staging_bucket: gs:// folder for the image build context (Cloud Build).
+            batch_gcs_source_uris: gs:// input files for batch prediction (jsonl or csv).
+            batch_output_uri_prefix: gs:// folder for batch prediction results.
+            location: region for the image, model, endpoint and batch job (keep all in one).
+            data, target, task, feature_columns, estimator, hyperparameters, seed: training.
+            image_repository: Artifact Registry repository (in ``location``) for the image.
+            image_name: image name inside that repository.
+            gate_metric: metric that decides if the model ships (rmse/mae: lower is better).
+            gate_threshold: the bar the metric must meet.
+            model_display_name: Model Registry display name (plain text; GCPC does not escape it).
+            parent_model: resource name of an existing model: the upload becomes its new version.
+            version_aliases: aliases of the new version; keep ``default`` to make it serve.
+            endpoint: resource name of an existing endpoint; empty creates a new one.
+            endpoint_display_name: display name of a new endpoint.
+            deploy_machine_type, deploy_min_replicas, deploy_max_replicas, deploy_traffic_split:
+                dedicated resources and traffic for the deployed model (``"0"`` is this model).
+            batch_instances_format: ``jsonl``, ``csv`` or ``bigquery``.
+            batch_predictions_format: ``jsonl``, ``csv`` or ``bigquery``.
+            batch_bigquery_source, batch_bigquery_destination: bq:// URIs for BigQuery batch I/O.
+            batch_machine_type, batch_accelerator_type, batch_accelerator_count: batch machine and
+                GPU (checked against what Vertex allows before submit).
+            batch_replica_count: replicas of the batch job (batch does not autoscale).
+            batch_size: instances per request to the container (Vertex's default is 64).
+        """
+        trained = ours["train"](
+            data=data,
+            target=target,
+            task=task,
+            feature_columns=feature_columns,
+            estimator=estimator,
+            hyperparameters=hyperparameters,
+            seed=seed,
+        )
+        built = ours["build_image"](
+            model=trained.outputs["model"],
+            image_name=image_name,
+            project=project,
+            location=location,
+            repository=image_repository,
+            staging_bucket=staging_bucket,
+        )
+        checked = ours["contract_check"](
+            image_uri=built.outputs["image_uri"], model=trained.outputs["model"]
+        )
+        gate = ours["evaluation_gate"](
+            metrics=trained.outputs["metrics"], metric=gate_metric, threshold=gate_threshold
+        )
+        gate.after(checked)
+        with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
+            model = _upload(
+                checked.outputs["unmanaged_container_model"],
+                project=project,
+                location=location,
+                display_name=model_display_name,
+                parent_model=parent_model,
+                version_aliases=version_aliases,
+            )
+            with dsl.If(endpoint == "", name="new-endpoint"):
+                created = EndpointCreateOp(
+                    project=project, location=location, display_name=endpoint_display_name
+                )
+            with dsl.Else(name="existing-endpoint"):
+                existing = dsl.importer(
+                    artifact_uri=endpoint,
+                    artifact_class=VertexEndpoint,
+                    metadata={"resourceName": endpoint},
+                )
+            ModelDeployOp(
+                model=model,
+                endpoint=dsl.OneOf(created.outputs["endpoint"], existing.output),
+                deployed_model_display_name=model_display_name,
+                dedicated_resources_machine_type=deploy_machine_type,
+                dedicated_resources_min_replica_count=deploy_min_replicas,
+                dedicated_resources_max_replica_count=deploy_max_replicas,
+                traffic_split=deploy_traffic_split,
+            )
+            ModelBatchPredictOp(
+                project=project,
+                location=location,
+                job_display_name=model_display_name,
+                model=model,
+                instances_format=batch_instances_format,
+                predictions_format=batch_predictions_format,
+                gcs_source_uris=batch_gcs_source_uris,
+                bigquery_source_input_uri=batch_bigquery_source,
+                gcs_destination_output_uri_prefix=batch_output_uri_prefix,
+                bigquery_destination_output_uri=batch_bigquery_destination,
+                machine_type=batch_machine_type,
+                accelerator_type=batch_accelerator_type,
+                accelerator_count=batch_accelerator_count,
+                starting_replica_count=batch_replica_count,
+                max_replica_count=batch_replica_count,
+                manual_batch_tuning_parameters_batch_size=batch_size,
+            )
+
+    return train_to_serve
+
+
+def check_run_parameters(values: dict[str, Any]) -> None:
+    """Checks Vertex would only make after queueing the run; raise ``ValueError`` naming the fault.
+
+    ``values`` are the run's parameter values merged over the pipeline's defaults.
+    """
+    check_accelerator(
+        values["batch_machine_type"],
+        values["batch_accelerator_type"],
+        int(values["batch_accelerator_count"]),
+    )
+    for name in ("model_display_name", "endpoint_display_name"):
+        text = str(values[name])
+        if not text or len(text) > 128 or any(ch in text for ch in '"\\'):
+            raise ValueError(
+                f"{name} {text!r}: 1-128 characters, no quotes or backslashes "
+                f"(GCPC pastes it into JSON unescaped); use {DISPLAY_NAME_HINT}"
+            )
+    for name in ("deploy_min_replicas", "batch_replica_count", "batch_size"):
+        if int(values[name]) < 1:
+            raise ValueError(
+                f"{name} must be at least 1 (GCPC drops a 0 from the request silently)"
+            )
+    if int(values["deploy_max_replicas"]) < int(values["deploy_min_replicas"]):
+        raise ValueError("deploy_max_replicas must be at least deploy_min_replicas")
+    for name in ("staging_bucket", "batch_output_uri_prefix"):
+        if not str(values[name]).startswith("gs://"):
+            raise ValueError(f"{name} {values[name]!r} must be a gs:// URI")
+    if values["batch_instances_format"] == "bigquery":
+        if not values["batch_bigquery_source"]:
+            raise ValueError("batch_instances_format 'bigquery' needs batch_bigquery_source")
+    elif not values["batch_gcs_source_uris"]:
+        raise ValueError(
+            f"batch_instances_format {values['batch_instances_format']!r} needs "
+            "batch_gcs_source_uris (a list of gs:// files)"
+        )
