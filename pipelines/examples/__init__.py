@@ -1,0 +1,1 @@
+"""Small pipelines that reuse single train-to-serve components in other DAGs."""
