@@ -250,6 +250,14 @@ def test_logs_are_json_lines_with_severity_and_no_access_log(server: ServerProce
     assert not [e for e in entries if e["severity"] in ("WARNING", "ERROR", "CRITICAL")]
 
 
+def test_the_master_process_never_imports_the_ml_stack(server: ServerProcess) -> None:
+    """Binding the port must not wait for numpy/pandas/scikit-learn: only workers load them."""
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert not [lib for lib in ("/numpy/", "/pandas/", "/sklearn/", "/scipy/") if lib in maps]
+    worker_maps = Path(f"/proc/{min(server.worker_pids())}/maps").read_text()
+    assert "/sklearn/" in worker_maps
+
+
 def test_the_server_never_sets_aip_variables(server: ServerProcess) -> None:
     given = {k: v for k, v in server.env.items() if k.startswith("AIP_")}
     for pid in [server.process.pid, *server.worker_pids()]:

@@ -91,9 +91,11 @@ def test_a_missing_model_directory_keeps_health_503_with_the_reason(
 
 @pytest.fixture
 def scripted_server(start_server: StartServer, scripted_model_dir: Path) -> ServerProcess:
-    """The scripted regressor behind one worker, default routes, a 10 s grace period."""
+    """The scripted regressor behind one worker, default routes, a 10 s grace period and
+    the access log on."""
     server = start_server(
-        scripted_model_dir, {"SERVING_WORKERS": "1", "SERVING_GRACE_PERIOD_S": "10"}
+        scripted_model_dir,
+        {"SERVING_WORKERS": "1", "SERVING_GRACE_PERIOD_S": "10", "SERVING_ACCESS_LOG": "true"},
     )
     server.wait_ready()
     return server
@@ -114,6 +116,9 @@ def test_an_unexpected_error_is_500_json_and_one_log_line(scripted_server: Serve
     assert json.loads(error["instances_excerpt"]) == {"x": -7.25, "delay_s": 0}
     healthy = scripted_server.predict({"instances": [{"x": 2, "delay_s": 0}]})
     assert healthy.json() == {"predictions": [4.0]}
+    access = scripted_server.wait_for_log(lambda e: e["logger"] == "uvicorn.access")
+    assert '"POST /predict HTTP/1.1" 500' in access["message"]
+    assert access["severity"] == "INFO"
 
 
 def test_sigterm_lets_the_in_flight_request_finish_then_exits(
