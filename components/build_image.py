@@ -31,7 +31,7 @@ Before either build the model's scikit-learn, numpy and pandas versions (from
 ``model_manifest.json``) are compared with the serving image's pins: a model is never built
 into an image that would unpickle it with other library versions.
 
-``build_serving_image`` picks the builder (``"auto"``: the local engine when one works, else
+``build_model_image`` picks the builder (``"auto"``: the local engine when one works, else
 Cloud Build when its settings are given); ``build_image`` is the KFP component around it.
 """
 
@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kfp.dsl import Input, Model
 
@@ -57,6 +57,9 @@ from kfp.dsl.component_decorator import component
 from components import container_engine as ce
 from components.images import COMPONENTS_IMAGE
 from serving_image.server import manifest as contract
+
+if TYPE_CHECKING:  # imported where used: google-cloud-build takes ~1 s to import
+    from google.cloud.devtools import cloudbuild_v1
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,8 @@ CLOUD_BUILD_TIMEOUT_S = 1800
 STAGING_DIR = "train-to-serve/build-image"
 """Under the staging bucket (and its prefix): ``contexts/`` and ``logs/``."""
 MULTI_REGIONS = ("us", "europe", "asia")
-TERMINAL_STATUSES = ("SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED")
+FAILED_STATUSES = ("FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED")
+TERMINAL_STATUSES = ("SUCCESS", *FAILED_STATUSES)
 
 _AR_HOST_RE = re.compile(r"^(?P<location>[a-z][a-z0-9-]*[a-z0-9])-docker\.pkg\.dev$")
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -488,7 +492,7 @@ def cloud_build_request(
     timeout_s: int = CLOUD_BUILD_TIMEOUT_S,
     service_account: str = "",
     machine_type: str = "",
-) -> Any:
+) -> "cloudbuild_v1.CreateBuildRequest":
     """The ``CreateBuildRequest`` that builds and pushes the serving image (pure, offline).
 
     One step runs ``docker build`` (BuildKit, for the Dockerfile's ``RUN --mount``) on the
@@ -575,15 +579,15 @@ class _LogTail:
         data = self.partial + chunk
         lines = data.split(b"\n")
         self.partial = b"" if final else lines.pop()
-        text = [line.decode("utf-8", "replace").rstrip("\r") for line in lines if line or final]
+        text = [line.decode("utf-8", "replace").rstrip("\r") for line in lines if line]
         for line in text:
             match = _LOG_STEP_RE.match(line)
             if match:
                 self.by_step[int(match["index"])].append(match["text"])
-        return [line for line in text if line]
+        return text
 
 
-def _failure_message(build: Any, log: _LogTail) -> str:
+def _failure_message(build: "cloudbuild_v1.Build", log: _LogTail) -> str:
     """Why a build failed: status, failing step, that step's last output lines, log URL."""
     status = type(build).Status(build.status).name
     lines = [f"Cloud Build {build.id} ended {status}: {build.status_detail or 'no detail'}"]
@@ -592,7 +596,7 @@ def _failure_message(build: Any, log: _LogTail) -> str:
     failed = [
         (index, step)
         for index, step in enumerate(build.steps)
-        if type(build).Status(step.status).name not in ("SUCCESS", "QUEUED", "STATUS_UNKNOWN")
+        if type(build).Status(step.status).name in FAILED_STATUSES
     ]
     for index, step in failed[:1]:
         lines.append(
@@ -654,7 +658,8 @@ def build_with_cloud_build(
         on_line: called with each line of the build log; default: log at INFO.
 
     Returns:
-        The image, ``{location}-docker.pkg.dev/{project}/{repository}/{name}@sha256:...``.
+        The pushed image; its ``reference`` is
+        ``{location}-docker.pkg.dev/{project}/{repository}/{name}@sha256:...``.
 
     Raises:
         BuildImageInputError: bad image name, region, bucket or model (before any request).
@@ -745,7 +750,7 @@ def build_with_cloud_build(
 
 
 # ----------------------------------------------------------------- dispatch --
-def build_serving_image(
+def build_model_image(
     model_dir: str | Path,
     image_name: str = DEFAULT_IMAGE_NAME,
     *,
@@ -841,9 +846,9 @@ def build_image(
             (``...@sha256:...``; a docker-built local image keeps its tag).
         digest: ``sha256:...``, or ``""`` when the engine gave none.
     """
-    from components.build_image import build_serving_image
+    from components.build_image import build_model_image
 
-    built = build_serving_image(
+    built = build_model_image(
         model.path,
         image_name,
         builder=builder,

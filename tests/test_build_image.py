@@ -496,7 +496,7 @@ def test_auto_without_an_engine_or_cloud_settings_says_what_to_give(
     no_engine: None, penguins_model_dir: Path
 ) -> None:
     with pytest.raises(bi.BuildImageInputError) as caught:
-        bi.build_serving_image(penguins_model_dir, project=PROJECT)
+        bi.build_model_image(penguins_model_dir, project=PROJECT)
     message = str(caught.value)
     assert "no local container engine" in message
     assert "/nonexistent/container-engine: not found" in message
@@ -520,7 +520,7 @@ def test_auto_without_an_engine_builds_with_cloud_build(
     monkeypatch.setattr(
         cloudbuild_v1, "CloudBuildClient", _anonymous(cloudbuild_v1.CloudBuildClient)
     )
-    built = bi.build_serving_image(
+    built = bi.build_model_image(
         penguins_model_dir,
         "srv",
         project=PROJECT,
@@ -544,7 +544,7 @@ def _anonymous(cls: type) -> Callable[..., Any]:
 
 def test_an_unknown_builder_is_refused(penguins_model_dir: Path) -> None:
     with pytest.raises(bi.BuildImageInputError, match="unknown builder 'kaniko'"):
-        bi.build_serving_image(penguins_model_dir, builder="kaniko")
+        bi.build_model_image(penguins_model_dir, builder="kaniko")
 
 
 def test_the_component_interface(tmp_path: Path) -> None:
