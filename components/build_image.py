@@ -401,7 +401,7 @@ def build_local(
     *,
     bake_model: bool = True,
     engine: ce.Engine | None = None,
-    base_image: str | None = None,
+    base_image: str = "",
     on_line: Callable[[str], None] | None = None,
 ) -> BuiltImage:
     """Build the serving image for ``model_dir`` with podman or docker on this machine.
@@ -431,7 +431,7 @@ def build_local(
         engine,
         tagged,
         model_dir if bake_model else None,
-        base_image=base_image,
+        base_image=base_image or None,
         on_line=on_line or (lambda line: logger.info("%s", line)),
         labels=labels,
     )
@@ -761,10 +761,12 @@ def build_model_image(
     repository: str = "",
     staging_bucket: str = "",
     service_account: str = "",
+    base_image: str = "",
 ) -> BuiltImage:
     """Build with ``builder``: ``"local"`` (``build_local``), ``"cloud-build"``
     (``build_with_cloud_build``) or ``"auto"``: the local engine when one works, else Cloud
-    Build when ``project``, ``location`` and ``staging_bucket`` are given.
+    Build when ``project``, ``location`` and ``staging_bucket`` are given. An empty
+    ``base_image`` means the builder's default.
 
     Raises:
         BuildImageInputError: unknown builder, or ``auto`` with neither an engine nor the Cloud
@@ -788,13 +790,16 @@ def build_model_image(
             logger.info("no local container engine; building with Cloud Build")
         builder = "local" if engine else "cloud-build"
     if builder == "local":
-        return build_local(model_dir, image_name, bake_model=bake_model, engine=engine)
+        return build_local(
+            model_dir, image_name, bake_model=bake_model, engine=engine, base_image=base_image
+        )
     return build_with_cloud_build(
         model_dir,
         image_name,
         repository=repository,
         bake_model=bake_model,
         service_account=service_account,
+        base_image=base_image or ce.REGISTRY_BASE_IMAGE,
         **cloud_settings,
     )
 
@@ -810,6 +815,7 @@ def build_image(
     repository: str = "",
     staging_bucket: str = "",
     service_account: str = "",
+    base_image: str = "",
 ) -> NamedTuple("Outputs", [("image_uri", str), ("digest", str)]):
     """Build the serving container image for a trained model.
 
@@ -840,6 +846,10 @@ def build_image(
         repository: Artifact Registry Docker repository (when ``image_name`` is bare).
         staging_bucket: ``gs://bucket[/prefix]`` for the build context and the build log.
         service_account: identity Cloud Build runs as (empty: Cloud Build's default).
+        base_image: the image the serving image builds ``FROM`` (a Debian-based Python 3.11; empty:
+            ``python:3.11-slim``, or locally the stand-in ``setup-container-engine.sh`` made
+            where Docker Hub cannot be reached). E.g. an Artifact Registry remote repository
+            in front of Docker Hub, to avoid its pull limits on Cloud Build.
 
     Returns:
         image_uri: the image to serve, pinned by digest where the builder gives one
@@ -858,5 +868,6 @@ def build_image(
         repository=repository,
         staging_bucket=staging_bucket,
         service_account=service_account,
+        base_image=base_image,
     )
     return (built.reference, built.digest)
