@@ -1017,9 +1017,25 @@ class _ContainerObserver:
                 return None
             if not state.running:
                 status = 137 if state.oom_killed else state.exit_code
-                logs = self.container.logs(tail=LOG_TAIL_LINES)
-                self._exit_note = explain_exit(-1 if status is None else status, logs)
+                self._exit_note = explain_exit(-1 if status is None else status, self._last_logs())
         return self._exit_note
+
+    def _last_logs(self, settle_s: float = 2.0) -> str:
+        """The exited container's last log lines, once the engine has written them all (the
+        state can say "exited" before the last lines reach the log).
+
+        Not ``logs(tail=...)``: podman 4.3's ``logs --tail N`` prints nothing when the log has
+        fewer than N lines.
+        """
+        deadline = time.monotonic() + settle_s
+        logs = self.container.logs()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            again = self.container.logs()
+            if again == logs and logs:
+                break
+            logs = again
+        return _tail(logs, LOG_TAIL_LINES)
 
     def listening_note(self) -> str:
         if self._exit_note is not None:
@@ -1210,6 +1226,14 @@ def directory_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def needs_startup_probe(
+    model_bytes: int, startup_s: float | None, large_model_bytes: int = LARGE_MODEL_BYTES
+) -> bool:
+    """Whether a model this large, or a server this slow to become healthy, needs a
+    ``startupProbe`` (``LARGE_MODEL_BYTES`` and ``SLOW_STARTUP_S`` are our thresholds)."""
+    return model_bytes >= large_model_bytes or (startup_s or 0.0) >= SLOW_STARTUP_S
+
+
 def startup_probe(
     health_route: str, port: int, startup_deadline_s: float, period_s: float = 10.0
 ) -> dict[str, Any]:
@@ -1276,6 +1300,11 @@ def check_model_image(
     """
     from serving_image.server import manifest
 
+    if FAKE_ENDPOINT_ID in health_route + predict_route:
+        raise ValueError(
+            "name the health and predict routes explicitly for upload: Vertex's default routes "
+            "contain the endpoint and deployed-model ids, which are unknown before deploy"
+        )
     settings = settings or CheckSettings()
     model = Path(model_dir)
     report = check_image(
@@ -1293,9 +1322,8 @@ def check_model_image(
     if not report.passed:
         return report, None
     size = directory_bytes(model)
-    slow = report.startup_s is not None and report.startup_s >= SLOW_STARTUP_S
     probe = None
-    if size >= large_model_bytes or slow:
+    if needs_startup_probe(size, report.startup_s, large_model_bytes):
         probe = startup_probe(health_route, port, settings.startup_deadline_s)
     metadata = unmanaged_container_model_metadata(
         image_uri,

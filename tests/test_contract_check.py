@@ -342,6 +342,32 @@ def test_the_container_spec_is_what_model_upload_reads():
     assert "env" not in small["containerSpec"] and "startupProbe" not in small["containerSpec"]
 
 
+@pytest.mark.parametrize(
+    ("model_bytes", "startup_s", "needed"),
+    [
+        (10_000, 4.8, False),
+        (cc.LARGE_MODEL_BYTES, 1.0, True),
+        (10_000, cc.SLOW_STARTUP_S, True),
+        (10_000, None, False),
+    ],
+)
+def test_a_startup_probe_is_added_for_large_or_slow_models(
+    model_bytes: int, startup_s: float | None, needed: bool
+):
+    assert cc.needs_startup_probe(model_bytes, startup_s) is needed
+
+
+def test_upload_needs_explicit_routes_not_vertex_defaults(tmp_path: Path):
+    with pytest.raises(ValueError, match="name the health and predict routes explicitly"):
+        cc.check_model_image(
+            "any",
+            tmp_path,
+            health_route=cc.DEFAULT_HEALTH_ROUTE,
+            predict_route=cc.DEFAULT_PREDICT_ROUTE,
+            engine=object(),
+        )
+
+
 def test_check_image_refuses_aip_variables_in_user_env():
     with pytest.raises(ValueError, match=r"\['AIP_STORAGE_URI'\].*reserves the AIP_ prefix"):
         cc.check_image("any", instances=[{}], env={"AIP_STORAGE_URI": "gs://b/m"}, engine=object())
