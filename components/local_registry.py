@@ -278,7 +278,7 @@ def check_container_spec(container_spec: Mapping[str, Any]) -> dict[str, Any]:
 # --- storage ---------------------------------------------------------------------------------
 
 
-def _now() -> str:
+def now_rfc3339() -> str:
     """RFC 3339 UTC timestamp, like Vertex's ``createTime``."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -334,10 +334,14 @@ def _next_version_id(registry: Path, model_id: str) -> str:
     return str(max(numbers, default=0) + 1)
 
 
+def new_resource_id() -> str:
+    """A random 19-digit id, shaped like Vertex's model, endpoint and deployed-model ids."""
+    return str(secrets.randbelow(9 * 10**18) + 10**18)
+
+
 def _new_model_id(index: Mapping[str, Any]) -> str:
-    """A 19-digit id, shaped like Vertex's."""
     while True:
-        model_id = str(secrets.randbelow(9 * 10**18) + 10**18)
+        model_id = new_resource_id()
         if model_id not in index["models"]:
             return model_id
 
@@ -454,7 +458,7 @@ def _register(
 ) -> RegisteredVersion:
     """The part of ``upload_model`` that runs under the registry lock."""
     index = _read_index(registry)
-    now = _now()
+    now = now_rfc3339()
     parent_name = ""
     if parent is None:
         model_id = _new_model_id(index)
