@@ -63,8 +63,6 @@ LIVENESS_INTERVAL_S = 10.0
 """Wait after each failed liveness attempt."""
 HEALTH_TIMEOUT_S = 10.0
 """A health probe must answer 200 within this many seconds."""
-UNHEALTHY_CHECKS = 4
-"""Consecutive failed health checks after which Vertex stops routing traffic to a replica."""
 PREDICT_TIMEOUT_S = 60.0
 """Server-side inference timeout of shared public endpoints."""
 MAX_REQUEST_BYTES = 1_500_000
@@ -1338,6 +1336,15 @@ def check_model_image(
     return report, metadata
 
 
+NO_ENGINE_HINT = (
+    "contract_check runs the image, so it needs podman or docker beside it. A Vertex AI "
+    "Pipelines task has neither: run this pipeline's check locally (kfp.local, or "
+    "`python compile.py check-contract --image IMAGE --model-dir DIR`) before submitting; "
+    "running the check on Google Cloud (Cloud Build steps that run the image and the checker "
+    "side by side) is not implemented yet."
+)
+
+
 @component(base_image=COMPONENTS_IMAGE)
 def contract_check(
     image_uri: str,
@@ -1393,20 +1400,29 @@ def contract_check(
     """
     from pathlib import Path
 
-    from components.contract_check import CheckSettings, ContractViolation, check_model_image
-
-    checked, metadata = check_model_image(
-        image_uri,
-        model.path,
-        port=port,
-        health_route=health_route,
-        predict_route=predict_route,
-        env=dict(env),
-        settings=CheckSettings(
-            startup_deadline_s=startup_deadline_s, grace_period_s=grace_period_s
-        ),
-        large_model_bytes=large_model_bytes,
+    from components.container_engine import EngineNotFoundError
+    from components.contract_check import (
+        NO_ENGINE_HINT,
+        CheckSettings,
+        ContractViolation,
+        check_model_image,
     )
+
+    try:
+        checked, metadata = check_model_image(
+            image_uri,
+            model.path,
+            port=port,
+            health_route=health_route,
+            predict_route=predict_route,
+            env=dict(env),
+            settings=CheckSettings(
+                startup_deadline_s=startup_deadline_s, grace_period_s=grace_period_s
+            ),
+            large_model_bytes=large_model_bytes,
+        )
+    except EngineNotFoundError as exc:
+        raise RuntimeError(f"{NO_ENGINE_HINT}\n{exc}") from exc
     Path(report.path).write_text(checked.to_markdown(), encoding="utf-8")
     for name, value in checked.metrics().items():
         metrics.log_metric(name, value)

@@ -426,3 +426,34 @@ def test_report_metrics_are_plain_floats_for_kfp():
         "startup_s": 1.235,
     }
     assert json.dumps(metrics)
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_the_component_without_a_container_engine_says_why_as_on_vertex(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+):
+    """A Vertex AI Pipelines pod has no podman or docker: the task fails and says so."""
+    from kfp import dsl, local
+
+    monkeypatch.setenv("TRAIN_TO_SERVE_CONTAINER_ENGINE", str(tmp_path / "no-engine"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "instances_sample.jsonl").write_text('{"x": 1}\n')
+    (model / "expected_predictions.jsonl").write_text("1\n")
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / "root"),
+        raise_on_error=False,
+    )
+
+    @dsl.pipeline(name="no-engine")
+    def no_engine() -> None:
+        imported = dsl.importer(artifact_uri=str(model), artifact_class=dsl.Model)
+        cc.contract_check(image_uri="localhost/any:1", model=imported.output)
+
+    no_engine()
+    output = "".join(capfd.readouterr())
+    assert "RuntimeError: contract_check runs the image, so it needs podman or docker" in output
+    assert "not implemented yet" in output and "no working container engine" in output
+    assert not list((tmp_path / "root").rglob("report"))  # no report, no model: nothing ran
+    assert not list((tmp_path / "root").rglob("executor_output.json"))
