@@ -50,7 +50,9 @@ class ServingApp:
     """ASGI app: ``GET``/``HEAD`` on the health route, ``POST`` on the predict route.
 
     The model loads in the background on ASGI lifespan startup (see ``loading``); until it
-    is loaded both routes answer 503.
+    is loaded health answers 503, and a prediction waits up to ``SERVING_LOAD_WAIT_S`` for
+    it: the container's health is 200 once any worker is ready, so a request can reach a
+    sibling worker (or a replacement) that is still loading and must not fail for that.
     """
 
     def __init__(self, config: Config, state: ModelState) -> None:
@@ -112,12 +114,15 @@ class ServingApp:
 
     async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Validate, predict the whole request as one batch, answer ``{"predictions"}``."""
+        if self.state.status == "loading":
+            await self.state.wait_until_settled(self.config.load_wait_s)
         predictor = self.state.predictor
         if predictor is None:
             error = (
                 f"model failed to load: {self.state.error}"
                 if self.state.error is not None
-                else "model is still loading; retry shortly"
+                else f"model is still loading after {self.config.load_wait_s} s "
+                "(SERVING_LOAD_WAIT_S); retry shortly"
             )
             await send_json(send, 503, {"error": error}, [(b"retry-after", b"1")])
             return

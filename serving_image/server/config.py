@@ -27,6 +27,7 @@ DEFAULT_MAX_BATCH_INSTANCES = 1000  # a merged penguins call: ~13 ms instead of 
 DEFAULT_GRACE_PERIOD_S = 20  # below Kubernetes' default 30 s terminationGracePeriodSeconds
 DEFAULT_WORKER_TIMEOUT_S = 60  # Vertex's inference timeout on shared endpoints
 DEFAULT_KEEP_ALIVE_S = 65  # longer than common proxy idle timeouts, as KServe does
+DEFAULT_LOAD_WAIT_S = 30  # well inside Vertex's 60 s inference timeout
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _TRUE = ("1", "true", "yes", "on")
@@ -64,6 +65,10 @@ class Config:
     """``SERVING_WORKER_TIMEOUT_S``: a worker blocked this many seconds is killed and replaced."""
     keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
     """``SERVING_KEEP_ALIVE_S``: idle keep-alive connections are closed after these seconds."""
+    load_wait_s: int = DEFAULT_LOAD_WAIT_S
+    """``SERVING_LOAD_WAIT_S``: how long a prediction sent to a worker whose model is still
+    loading waits for it before answering 503. Health turns 200 as soon as one worker is
+    ready, so Vertex may route to a sibling (or a freshly replaced worker) still loading."""
     access_log: bool = False
     """``SERVING_ACCESS_LOG``: one log line per request when true."""
     log_level: str = "info"
@@ -99,6 +104,7 @@ class Config:
                 "SERVING_WORKER_TIMEOUT_S", DEFAULT_WORKER_TIMEOUT_S, minimum=1
             ),
             keep_alive_s=reader.integer("SERVING_KEEP_ALIVE_S", DEFAULT_KEEP_ALIVE_S, minimum=1),
+            load_wait_s=reader.integer("SERVING_LOAD_WAIT_S", DEFAULT_LOAD_WAIT_S, minimum=0),
             access_log=reader.boolean("SERVING_ACCESS_LOG", False),
             log_level=reader.choice("SERVING_LOG_LEVEL", "info", LOG_LEVELS),
         )

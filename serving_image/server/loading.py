@@ -15,9 +15,11 @@ answering 503 with the reason in the health body and the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from .logs import log_fields
@@ -44,6 +46,12 @@ class ModelState:
         if self.predictor is not None:
             return "ready"
         return "failed" if self.error is not None else "loading"
+
+    async def wait_until_settled(self, timeout_s: float, poll_s: float = 0.02) -> None:
+        """Wait (without blocking the event loop) until loading ends or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        while self.status == "loading" and time.monotonic() < deadline:
+            await asyncio.sleep(poll_s)
 
     def start(self) -> threading.Thread:
         """Start loading in a daemon thread (it must not keep a stopping worker alive)."""
