@@ -24,6 +24,8 @@ import httpx
 import joblib
 import pytest
 
+from components import container_engine as ce
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
 SERVER_ROUTES = {
@@ -237,3 +239,43 @@ def penguins_server(penguins_model_dir: Path) -> Iterator[tuple[ServerProcess, S
         yield server, StartupTimeline(tcp_at, codes)
     finally:
         server.kill()
+
+
+# --- the container engine ----------------------------------------------------------------------
+
+
+def unavailable(message: str) -> None:
+    """Skip a container test on a workstation; fail it in CI, which must exercise containers."""
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI=true and the container tests cannot run: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def engine() -> ce.Engine:
+    """The detected container engine (podman or docker)."""
+    try:
+        return ce.detect_engine()
+    except ce.EngineNotFoundError as exc:
+        unavailable(str(exc))
+        raise  # unreachable
+
+
+@pytest.fixture(scope="session")
+def base_image(engine: ce.Engine) -> str:
+    """The Python base image the serving image builds from (pulled or made locally)."""
+    try:
+        return ce.choose_base_image(engine)
+    except ce.ContainerEngineError as exc:
+        unavailable(str(exc))
+        raise  # unreachable
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_module_timings(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the test module's ``TIMINGS`` dict, if it has one (visible with ``pytest -s``)."""
+    yield
+    timings: dict[str, float] = getattr(request.module, "TIMINGS", None) or {}
+    if timings:
+        width = max(map(len, timings))
+        print("\n" + "\n".join(f"  {k:<{width}}  {v:6.2f} s" for k, v in timings.items()))

@@ -28,7 +28,6 @@ from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.devtools import cloudbuild_v1
-from test_image import _unavailable
 
 from components import build_image as bi
 from components import container_engine as ce
@@ -578,17 +577,6 @@ def test_a_model_trained_with_other_library_versions_is_refused_before_building(
 
 # ------------------------------------------------------- with the real engine --
 @pytest.fixture(scope="module")
-def engine() -> ce.Engine:
-    try:
-        engine = ce.detect_engine()
-        ce.choose_base_image(engine)
-    except ce.ContainerEngineError as exc:
-        _unavailable(str(exc))
-        raise  # unreachable
-    return engine
-
-
-@pytest.fixture(scope="module")
 def readable_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from components.train import train_and_export
 
@@ -655,11 +643,12 @@ def test_a_local_build_without_the_model_loads_it_from_aip_storage_uri(
 
 
 @pytest.fixture(scope="module")
-def base_without_groupadd(engine: ce.Engine, tmp_path_factory: pytest.TempPathFactory) -> str:
+def base_without_groupadd(
+    engine: ce.Engine, base_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> str:
     """The usual base image minus ``groupadd``: the serving image's user-creating RUN fails."""
     context = tmp_path_factory.mktemp("broken-base")
-    base = ce.choose_base_image(engine)
-    (context / "Dockerfile").write_text(f"FROM {base}\nRUN rm /usr/sbin/groupadd\n")
+    (context / "Dockerfile").write_text(f"FROM {base_image}\nRUN rm /usr/sbin/groupadd\n")
     tag = f"{LOCAL_NAME}:base-without-groupadd"
     engine.build(context, tag, ca_bundle=False)
     return tag

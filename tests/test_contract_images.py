@@ -13,12 +13,10 @@ Without a working engine these tests are skipped on a workstation and FAIL in CI
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,45 +42,16 @@ def fixture_tag(name: str) -> str:
     return f"localhost/contract-fixture-{name.replace('_', '-')}:test"
 
 
-def _unavailable(message: str) -> None:
-    """Skip on a workstation; fail in CI, which must exercise the images."""
-    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI=true and the container tests cannot run: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _print_timings() -> Iterator[None]:
-    yield
-    if TIMINGS:
-        width = max(map(len, TIMINGS))
-        print("\n" + "\n".join(f"  {k:<{width}}  {v:6.2f} s" for k, v in TIMINGS.items()))
-
-
 @pytest.fixture(scope="module")
-def engine() -> ce.Engine:
-    try:
-        return ce.detect_engine()
-    except ce.EngineNotFoundError as exc:
-        _unavailable(str(exc))
-        raise  # unreachable
-
-
-@pytest.fixture(scope="module")
-def fixture_images(engine: ce.Engine) -> dict[str, str]:
+def fixture_images(engine: ce.Engine, base_image: str) -> dict[str, str]:
     """Every fixture image, built once from the shared Dockerfile; name -> tag."""
-    try:
-        base = ce.choose_base_image(engine)
-    except ce.ContainerEngineError as exc:
-        _unavailable(str(exc))
-        raise  # unreachable
     names = ["good_toy", *VERDICTS]
 
     def build(name: str) -> str:
         engine.build(
             FIXTURES_DIR,
             fixture_tag(name),
-            {"BASE_IMAGE": base, "FIXTURE": name},
+            {"BASE_IMAGE": base_image, "FIXTURE": name},
             dockerfile=FIXTURES_DIR / "Dockerfile",
             ca_bundle=None,
         )
@@ -265,9 +234,12 @@ def test_check_contract_cli_fails_a_broken_image_with_reasons_and_a_report(
 
 
 def test_check_contract_cli_reports_an_image_that_does_not_exist(tmp_path: Path):
-    result = _cli("--image", "localhost/no-such-image:never", "--instances", str(
-        FIXTURES_DIR / "instances.jsonl"
-    ))
+    result = _cli(
+        "--image",
+        "localhost/no-such-image:never",
+        "--instances",
+        str(FIXTURES_DIR / "instances.jsonl"),
+    )
     assert result.returncode == 2
     assert "the check could not run" in result.stderr
 

@@ -13,7 +13,6 @@ where the engine is set up by ``scripts/setup-container-engine.sh``. Run only th
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -44,40 +43,6 @@ GRACE_PERIOD_S = 30.0
 """Kubernetes' default terminationGracePeriodSeconds: SIGTERM, then SIGKILL after this."""
 STARTUP_TIMEOUT_S = 120.0
 TIMINGS: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _print_timings() -> Any:
-    """Print what the tests measured (visible with ``pytest -s``)."""
-    yield
-    if TIMINGS:
-        width = max(map(len, TIMINGS))
-        print("\n" + "\n".join(f"  {k:<{width}}  {v:6.2f} s" for k, v in TIMINGS.items()))
-
-
-def _unavailable(message: str) -> None:
-    """Skip on a workstation; fail in CI, which must exercise the image."""
-    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI=true and the container tests cannot run: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def engine() -> ce.Engine:
-    try:
-        return ce.detect_engine()
-    except ce.EngineNotFoundError as exc:
-        _unavailable(str(exc))
-        raise  # unreachable
-
-
-@pytest.fixture(scope="module")
-def base_image(engine: ce.Engine) -> str:
-    try:
-        return ce.choose_base_image(engine)
-    except ce.ContainerEngineError as exc:
-        _unavailable(str(exc))
-        raise  # unreachable
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ that its endpoints left no container behind. ``pytest -m container -s`` shows ti
 """
 
 import json
-import os
 import re
 import shutil
 import time
@@ -119,30 +118,12 @@ def test_cli_names_unknown_endpoints_and_bad_files(
 # --- with the real container engine ----------------------------------------------------------
 
 
-def _unavailable(message: str) -> None:
-    """Skip on a workstation; fail in CI, which must exercise the containers."""
-    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI=true and the container tests cannot run: {message}", pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
-def engine() -> ce.Engine:
-    try:
-        return ce.detect_engine()
-    except ce.EngineNotFoundError as exc:
-        _unavailable(str(exc))
-        raise  # unreachable
-
-
-@pytest.fixture(scope="module")
-def image(engine: ce.Engine) -> str:
+def image(engine: ce.Engine, base_image: str) -> str:
     """The serving image without a model (it loads the one ``AIP_STORAGE_URI`` names)."""
-    try:
-        base = ce.choose_base_image(engine)
-    except ce.ContainerEngineError as exc:
-        _unavailable(str(exc))
-    result = ce.build_serving_image(engine, TAG, None, base_image=base, on_line=lambda _: None)
+    result = ce.build_serving_image(
+        engine, TAG, None, base_image=base_image, on_line=lambda _: None
+    )
     TIMINGS["build (layer cache shared with other tests)"] = result.seconds
     return TAG
 
@@ -184,14 +165,6 @@ def endpoints_dir(tmp_path: Path, engine: ce.Engine) -> Iterator[Path]:
     for endpoint in left:
         le.undeploy(endpoint.endpoint_id, endpoints_dir=directory)
         assert le.labelled_containers(engine, endpoint.endpoint_id) == []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _print_timings() -> Iterator[None]:
-    yield
-    if TIMINGS:
-        width = max(map(len, TIMINGS))
-        print("\n" + "\n".join(f"  {k:<{width}}  {v:6.2f} s" for k, v in TIMINGS.items()))
 
 
 def _samples(model_dir: Path) -> tuple[list[Any], list[Any]]:
