@@ -103,6 +103,9 @@ GOOD = {
     "year": 2009,
 }
 AS_LIST = list(GOOD.values())
+DEEP: list[Any] = []
+for _ in range(300):  # deeper than orjson writes back (254 levels)
+    DEEP = [DEEP]
 
 
 def with_(**changes: Any) -> dict[str, Any]:
@@ -143,6 +146,13 @@ CLIENT_ERRORS = [
      "parameters.output must be one of ['both', 'label', 'probabilities'], got \"scores\"", None),
     ({"instances": [GOOD], "parameters": {"outptu": "label"}}, 400,
      "unknown parameter(s) ['outptu']", None),
+    # Found by the fuzzing in test_reliability_fuzz.py; each was a 500 before.
+    ({"instances": [GOOD, with_(body_mass_g=-1.7e308)]}, 400,
+     "feature 'body_mass_g' is -1.7e+308; numbers must lie between -1e+30 and 1e+30", 1),
+    ({"instances": [with_(island=DEEP)]}, 400,
+     "feature 'island' expects a string or null, got array (a deeply nested array)", 0),
+    ({"instances": [GOOD], "parameters": {"output": DEEP}}, 400,
+     "parameters.output must be one of", None),
 ]  # fmt: skip
 
 

@@ -2,14 +2,16 @@
 
 The request body is Vertex's ``{"instances": [...], "parameters": {...}}``. Instances are
 either all objects keyed by feature name or all arrays of values in the manifest's feature
-order. Numeric features take JSON numbers (not booleans), categorical features take strings,
-and a nullable feature takes ``null`` (imputed by the model's preprocessor). Every message
-names the fault and, where there is one, the index of the offending instance, so that a
-caller can fix the request without reading server logs.
+order. Numeric features take JSON numbers (not booleans) up to ``MAX_ABS_NUMBER`` in
+magnitude, categorical features take strings, and a nullable feature takes ``null`` (imputed
+by the model's preprocessor). Every message names the fault and, where there is one, the
+index of the offending instance, so that a caller can fix the request without reading
+server logs.
 
-Validation works column by column (one ``set(map(type, column))`` per feature) and only
-walks values one by one to name the culprit once a column is known to be bad, so that a
-100-instance request costs tens of microseconds here, not one Python call per value.
+Validation works column by column (one ``set(map(type, column))`` per feature, and a
+``min``/``max`` per numeric one) and only walks values one by one to name the culprit once
+a column is known to be bad, so that a 100-instance request costs tens of microseconds here,
+not one Python call per value.
 
 This module is free of pandas and scikit-learn: it runs before the model is involved.
 """
@@ -26,6 +28,11 @@ from .predictions import DEFAULT_OUTPUT, OUTPUTS
 
 NUMERIC_TYPES = frozenset({int, float})
 CATEGORICAL_TYPES = frozenset({str})
+MAX_ABS_NUMBER = 1e30
+"""Largest magnitude a numeric feature may take. JSON allows up to ~1.8e308, but a model's
+arithmetic overflows to infinity well before that (standard scaling divides by the feature's
+spread; tree models then cast to float32, whose range ends at 3.4e38) and the model call
+fails; no real feature comes near 1e30, so a larger number is refused as a client mistake."""
 SUPPORTED_PARAMETERS = ("output",)
 
 
@@ -217,14 +224,25 @@ def _columns_from_arrays(instances: list[Any], schema: Schema) -> dict[str, list
 
 def _check_column(feature: Feature, values: list[Any]) -> None:
     allowed = feature.allowed_types
-    if set(map(type, values)) <= allowed:
-        return
-    for index, value in enumerate(values):
-        if type(value) not in allowed:
+    if not set(map(type, values)) <= allowed:
+        for index, value in enumerate(values):
+            if type(value) not in allowed:
+                raise RequestError(
+                    400,
+                    f"instances[{index}]: feature {feature.name!r} expects {feature.expected}, "
+                    f"got {json_type(value)} {_excerpt(value)}",
+                    index,
+                )
+    if feature.numeric:
+        numbers = [value for value in values if value is not None] if None in values else values
+        if numbers and (min(numbers) < -MAX_ABS_NUMBER or max(numbers) > MAX_ABS_NUMBER):
+            index = next(
+                i for i, v in enumerate(values) if v is not None and abs(v) > MAX_ABS_NUMBER
+            )
             raise RequestError(
                 400,
-                f"instances[{index}]: feature {feature.name!r} expects {feature.expected}, got "
-                f"{json_type(value)} {_excerpt(value)}",
+                f"instances[{index}]: feature {feature.name!r} is {values[index]!r}; numbers "
+                f"must lie between {-MAX_ABS_NUMBER:g} and {MAX_ABS_NUMBER:g}",
                 index,
             )
 
@@ -248,5 +266,8 @@ def _form_error(instances: list[Any], index: int, schema: Schema) -> RequestErro
 
 def _excerpt(value: Any, limit: int = 80) -> str:
     """A short JSON rendering of a client value for an error message."""
-    text = orjson.dumps(value).decode()
+    try:
+        text = orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
+        return f"(a deeply nested {json_type(value)})"
     return text if len(text) <= limit else text[: limit - 3] + "..."
