@@ -20,6 +20,8 @@ removes the container and fails with its last log lines. Each endpoint is a reco
 ``<endpoints_dir>/<endpoint_id>.json``; its container carries the label
 ``io.train-to-serve.endpoint=<endpoint_id>``. One model per endpoint (no traffic split).
 
+``start_serving_container`` and ``wait_until_ready`` start a version's container this way for
+an endpoint or for a batch prediction job (``components/local_batch_predict.py``).
 ``deploy``, ``list_endpoints``, ``predict`` and ``undeploy`` are the plain functions,
 ``compile.py endpoints list|predict|undeploy`` the command line, ``local_model_deploy`` the KFP
 component. A kfp.local task runs in a subprocess; the container outlives it.
@@ -44,6 +46,7 @@ from components.images import COMPONENTS_IMAGE
 from components.local_registry import (
     LOCATION,
     PROJECT,
+    RegisteredVersion,
     get_version,
     new_resource_id,
     now_rfc3339,
@@ -175,14 +178,15 @@ def _start(
     entrypoint: list[str] | None,
     args: list[str],
     model_dir: Path,
-    endpoint_id: str,
+    name: str,
+    label: str,
 ) -> ce.Container:
     """Run the container detached with ``port`` on ``host_port`` (a free one when None)."""
     from components.contract_check import MODEL_MOUNT, free_local_port
 
     for attempt in range(PORT_ATTEMPTS):
         chosen = host_port or free_local_port()
-        extra = ["--restart", RESTART_POLICY, "--label", f"{ENDPOINT_LABEL}={endpoint_id}"]
+        extra = ["--restart", RESTART_POLICY, "--label", label]
         extra += ["-p", f"127.0.0.1:{chosen}:{port}"]
         if entrypoint:
             extra += ["--entrypoint", entrypoint[0]]
@@ -193,7 +197,7 @@ def _start(
                 ports=[],
                 volumes=[(model_dir, MODEL_MOUNT, "ro")],
                 init=False,  # Vertex runs the image without one
-                name=f"tts-endpoint-{endpoint_id}",
+                name=name,
                 command=args or None,
                 extra_args=extra,
                 stop_timeout=GRACE_PERIOD_S,
@@ -206,6 +210,94 @@ def _start(
         container.ports[port] = chosen
         return container
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class ServingContainer:
+    """A model version's serving container, started the way Vertex AI starts one."""
+
+    container: ce.Container
+    health_route: str
+    predict_route: str
+    deployment_timeout_s: float
+    """The spec's ``deploymentTimeout``, else ``DEFAULT_DEPLOY_TIMEOUT_S``."""
+
+    @property
+    def url(self) -> str:
+        """Where to POST ``{"instances": [...]}``."""
+        return self.container.url + self.predict_route
+
+
+def start_serving_container(
+    version: RegisteredVersion,
+    engine: ce.Engine,
+    *,
+    resource_id: str,
+    deployed_model_id: str,
+    name: str,
+    label: str,
+    host_port: int | None = None,
+) -> ServingContainer:
+    """Start ``version``'s serving image detached, as Vertex AI runs it for an endpoint or a
+    batch prediction job, without waiting for it (see ``wait_until_ready``).
+
+    ``resource_id`` (the endpoint's or the job's id) and ``deployed_model_id`` fill the
+    default routes and the ``AIP_*`` ids; ``name`` and ``label`` (``key=value``) mark the
+    container so that it can be found and removed.
+
+    Raises:
+        EndpointError: the container did not start.
+    """
+    from components.contract_check import MODEL_MOUNT, vertex_environment
+
+    spec = version.container_spec
+    port = int(spec["ports"][0]["containerPort"])
+    default_route = f"/v1/endpoints/{resource_id}/deployedModels/{deployed_model_id}"
+    health_route = spec.get("healthRoute") or default_route
+    predict_route = spec.get("predictRoute") or f"{default_route}:predict"
+    aip = vertex_environment(port, health_route, predict_route, MODEL_MOUNT, MACHINE_TYPE)
+    aip.update(
+        AIP_ENDPOINT_ID=resource_id,
+        AIP_MODEL_NAME=resource_id,
+        AIP_DEPLOYED_MODEL_ID=deployed_model_id,
+        AIP_VERSION_NAME=deployed_model_id,
+    )
+    env, entrypoint, args = _container_env(spec, aip)
+    container = _start(
+        engine,
+        spec["imageUri"],
+        port=port,
+        host_port=host_port,
+        env=env,
+        entrypoint=entrypoint,
+        args=args,
+        model_dir=version.model_dir,
+        name=name,
+        label=label,
+    )
+    return ServingContainer(container, health_route, predict_route, _deploy_timeout(spec))
+
+
+def wait_until_ready(
+    served: ServingContainer, action: str, timeout_s: float | None = None
+) -> float:
+    """Wait until the health route answers 200 (``timeout_s`` defaults to the spec's
+    ``deploymentTimeout``); return the seconds since the container was started.
+
+    Raises:
+        EndpointError: ``"<action> failed: the model server never became ready"``, with the
+            container's last log lines. The container is left for the caller to remove.
+    """
+    timeout = served.deployment_timeout_s if timeout_s is None else timeout_s
+    try:
+        return served.container.wait_for_http(served.health_route, timeout=timeout)
+    except ce.ContainerRunError as exc:
+        reason = str(exc).split(";", 1)[0].split("\n", 1)[0]
+        raise EndpointError(
+            f"{action} failed: the model server never became ready ({reason}). Vertex AI "
+            f"would fail the same way. Last log lines of {served.container.name}:\n"
+            f"{_last_logs(served.container)}"
+        ) from exc
 
 
 def deploy(
@@ -237,35 +329,19 @@ def deploy(
             removed, and the message holds its last log lines.
         EngineNotFoundError: no podman or docker works.
     """
-    from components.contract_check import MODEL_MOUNT, vertex_environment
-
     version = get_version(registry_dir, model_resource)
     engine = engine or ce.detect_engine()
-    spec = version.container_spec
     endpoint_id, deployed_model_id = new_resource_id(), new_resource_id()
-    port = int(spec["ports"][0]["containerPort"])
-    default_route = f"/v1/endpoints/{endpoint_id}/deployedModels/{deployed_model_id}"
-    health_route = spec.get("healthRoute") or default_route
-    predict_route = spec.get("predictRoute") or f"{default_route}:predict"
-    aip = vertex_environment(port, health_route, predict_route, MODEL_MOUNT, MACHINE_TYPE)
-    aip.update(
-        AIP_ENDPOINT_ID=endpoint_id,
-        AIP_MODEL_NAME=endpoint_id,
-        AIP_DEPLOYED_MODEL_ID=deployed_model_id,
-        AIP_VERSION_NAME=deployed_model_id,
-    )
-    env, entrypoint, args = _container_env(spec, aip)
-    container = _start(
+    served = start_serving_container(
+        version,
         engine,
-        spec["imageUri"],
-        port=port,
+        resource_id=endpoint_id,
+        deployed_model_id=deployed_model_id,
+        name=f"tts-endpoint-{endpoint_id}",
+        label=f"{ENDPOINT_LABEL}={endpoint_id}",
         host_port=host_port,
-        env=env,
-        entrypoint=entrypoint,
-        args=args,
-        model_dir=version.model_dir,
-        endpoint_id=endpoint_id,
     )
+    container = served.container
     endpoint = LocalEndpoint(
         endpoint_id=endpoint_id,
         display_name=display_name or version.display_name,
@@ -273,11 +349,11 @@ def deploy(
         model=version.resource_name,
         model_display_name=version.display_name,
         base_url=container.url,
-        predict_route=predict_route,
-        health_route=health_route,
+        predict_route=served.predict_route,
+        health_route=served.health_route,
         container_id=container.id,
         container_name=container.name,
-        image=spec["imageUri"],
+        image=container.image,
         engine=engine.path,
         create_time=now_rfc3339(),
     )
@@ -285,16 +361,7 @@ def deploy(
     try:
         # Recorded before the wait, so that an interrupted deploy can still be undeployed.
         write_json_atomically(record, asdict(endpoint))
-        timeout = timeout_s if timeout_s is not None else _deploy_timeout(spec)
-        try:
-            startup = container.wait_for_http(health_route, timeout=timeout)
-        except ce.ContainerRunError as exc:
-            reason = str(exc).split(";", 1)[0].split("\n", 1)[0]
-            raise EndpointError(
-                f"deploying {version.resource_name} failed: the model server never became "
-                f"ready ({reason}). Vertex AI would fail the deploy the same way. Last log "
-                f"lines of {container.name}:\n{_last_logs(container)}"
-            ) from exc
+        startup = wait_until_ready(served, f"deploying {version.resource_name}", timeout_s)
         endpoint = LocalEndpoint(**{**asdict(endpoint), "startup_seconds": round(startup, 3)})
         write_json_atomically(record, asdict(endpoint))
     except BaseException:
@@ -423,12 +490,7 @@ def undeploy(endpoint_id: str, *, endpoints_dir: str | Path) -> float | None:
     engine = container.engine
     seconds = None
     if container_status(endpoint) == "running":
-        started = time.monotonic()
-        # ``stop``, not ``kill``: the engine then knows the user stopped it and does not
-        # apply the restart policy.
-        grace = str(int(GRACE_PERIOD_S))
-        engine.command("stop", "--time", grace, container.id, check=False, timeout=120)
-        seconds = time.monotonic() - started
+        seconds = stop_container(container)
     container.remove()
     left = labelled_containers(engine, endpoint.endpoint_id)
     if left:
@@ -438,6 +500,19 @@ def undeploy(endpoint_id: str, *, endpoints_dir: str | Path) -> float | None:
         )
     _record_path(endpoints_dir, endpoint.endpoint_id).unlink(missing_ok=True)
     return seconds
+
+
+def stop_container(container: ce.Container) -> float:
+    """Stop a serving container: SIGTERM, SIGKILL after ``GRACE_PERIOD_S``. Returns the seconds
+    the stop took.
+
+    ``stop``, not ``kill``: the engine then knows the user stopped it and does not apply the
+    restart policy.
+    """
+    started = time.monotonic()
+    grace = str(int(GRACE_PERIOD_S))
+    container.engine.command("stop", "--time", grace, container.id, check=False, timeout=120)
+    return time.monotonic() - started
 
 
 def labelled_containers(engine: ce.Engine, endpoint_id: str) -> list[str]:
