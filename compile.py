@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,15 @@ def _json_object(text: str) -> dict:
 def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run-local",
-        help="train and export a model locally with kfp's local runner",
+        help="run the whole train-to-serve pipeline on this machine (kfp.local + podman/docker)",
         description=(
-            "Run the train-and-export step of the train-to-serve pipeline on this machine with "
-            "kfp.local (SubprocessRunner, current interpreter). Defaults train a classifier on "
-            "the bundled Palmer penguins data set."
+            "Run the train-to-serve pipeline with kfp.local: train -> build the serving image "
+            "-> contract check -> evaluation gate -> upload to a local model registry -> in "
+            "parallel, deploy to a local endpoint (a long-running container) and a local batch "
+            "prediction job with Vertex's output format. Needs podman or docker "
+            "(scripts/setup-container-engine.sh sets podman up). Defaults train a classifier "
+            "on the bundled Palmer penguins data set and batch-predict all its rows. Ends with "
+            "a summary, also written as summary.json in the run's directory."
         ),
     )
     parser.add_argument("--data", default="penguins", help="CSV/Parquet path or URI, or 'penguins'")
@@ -58,43 +61,67 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
+        "--gate-metric",
+        default="",
+        help="metric the evaluation gate judges (default: accuracy, or r2 for regression)",
+    )
+    parser.add_argument(
+        "--gate-threshold",
+        type=float,
+        help="bar for that metric (default: 0.8 accuracy, 0.5 r2; rmse/mae: at most this)",
+    )
+    parser.add_argument("--model-display-name", default="train-to-serve")
+    parser.add_argument(
+        "--parent-model",
+        default="",
+        help="projects/local/locations/local/models/ID: upload as a new version (a retrain)",
+    )
+    parser.add_argument(
+        "--batch-instances",
+        default="",
+        help="jsonl or csv file(s) (path or glob) to batch-predict (default: the data's rows)",
+    )
+    parser.add_argument("--batch-instances-format", default="jsonl", choices=["jsonl", "csv"])
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="instances per request (Vertex's default)"
+    )
+    parser.add_argument(
+        "--keep-endpoints",
+        action="store_true",
+        help="keep earlier local endpoints of the same model running (default: undeploy them)",
+    )
+    parser.add_argument(
         "--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where runs are written"
     )
     parser.set_defaults(handler=_run_local)
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    from kfp import local
+    from pipelines.local_run import LocalRunOptions, format_summary, run_local
 
-    from components.train import train
-
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(args.output_dir.resolve()),
-        raise_on_error=True,
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    summary = run_local(
+        LocalRunOptions(
+            output_dir=args.output_dir,
+            data=args.data,
+            target=args.target,
+            task=args.task,
+            feature_columns=[c.strip() for c in args.feature_columns.split(",") if c.strip()],
+            estimator=args.estimator,
+            hyperparameters=args.hyperparameters,
+            seed=args.seed,
+            gate_metric=args.gate_metric,
+            gate_threshold=args.gate_threshold,
+            model_display_name=args.model_display_name,
+            parent_model=args.parent_model,
+            batch_instances=args.batch_instances,
+            batch_instances_format=args.batch_instances_format,
+            batch_size=args.batch_size,
+            keep_endpoints=args.keep_endpoints,
+        )
     )
-    started = time.monotonic()
-    task = train(
-        data=args.data,
-        target=args.target,
-        task=args.task,
-        estimator=args.estimator,
-        hyperparameters=args.hyperparameters,
-        feature_columns=[c.strip() for c in args.feature_columns.split(",") if c.strip()],
-        seed=args.seed,
-    )
-    model = task.outputs["model"]
-    metrics = task.outputs["metrics"]
-    summary = {
-        "model_dir": model.path,
-        "metrics": metrics.metadata,
-        "wall_seconds": round(time.monotonic() - started, 2),
-    }
-    summary_path = Path(model.path).parent / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    print(f"summary written to {summary_path}")
+    print("\n" + format_summary(summary))
     return 0
 
 
@@ -111,7 +138,8 @@ def _add_compile(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", type=Path, default=Path("pipeline.yaml"))
     parser.add_argument(
-        "--components-dir", type=Path,
+        "--components-dir",
+        type=Path,
         help="where to write one YAML per component (default: components/ beside --output)",
     )
     parser.add_argument("--components-image", help="image URI our components run in")
@@ -544,12 +572,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; errors become one line and an exit status."""
     args = build_parser().parse_args(argv)
     from components.train import TrainingInputError
+    from pipelines.local_run import LocalRunError
     from pipelines.parameters import ParameterError
     from pipelines.vertex_jobs import SubmitError
 
     try:
         return args.handler(args)
-    except (UsageError, TrainingInputError, ParameterError, SubmitError) as exc:
+    except (UsageError, TrainingInputError, ParameterError, SubmitError, LocalRunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,13 +1,22 @@
-"""The train-to-serve pipeline for Vertex AI Pipelines.
+"""The train-to-serve pipeline, for Vertex AI Pipelines and for kfp's local runner.
 
 train -> build image -> contract check -> evaluation gate -> upload (a new version of an
-existing model, or a new model) -> in parallel: deploy to an endpoint, and a GPU batch
-prediction job.
+existing model, or a new model) -> in parallel: deploy to an endpoint, and a batch
+prediction job (on a GPU on Vertex).
 
-Every Vertex resource step is Google's own component (GCPC ``ModelUploadOp``,
-``EndpointCreateOp``, ``ModelDeployOp``, ``ModelBatchPredictOp``), each given ``location``
-explicitly (GCPC defaults it to us-central1 whatever the run's region). The only way a
-container spec reaches upload is the contract check's ``UnmanagedContainerModel`` output.
+One factory, ``build_pipeline(components_image, backend)``, defines both variants from the
+same first half (``_train_build_check_gate``); only the three Vertex resource steps differ:
+
+* ``backend="vertex"``: Google's own components (GCPC ``ModelUploadOp``, ``EndpointCreateOp``,
+  ``ModelDeployOp``, ``ModelBatchPredictOp``), each given ``location`` explicitly (GCPC
+  defaults it to us-central1 whatever the run's region);
+* ``backend="local"``: Python stand-ins that ``kfp.local`` can run and that keep Vertex's
+  formats (``local_model_upload``, ``local_model_deploy``, ``local_batch_predict``): a
+  directory-based model registry, endpoints as long-running local containers, and batch
+  prediction files named and shaped as Vertex writes them.
+
+In both, the only way a container spec reaches upload is the contract check's
+``UnmanagedContainerModel`` output.
 """
 
 from typing import Any
@@ -22,6 +31,9 @@ from components.build_image import build_image
 from components.contract_check import contract_check
 from components.evaluation_gate import evaluation_gate
 from components.images import COMPONENTS_IMAGE, with_image
+from components.local_batch_predict import local_batch_predict
+from components.local_endpoint import local_model_deploy
+from components.local_registry import local_model_upload
 from components.train import train
 from pipelines.accelerators import check_accelerator
 from pipelines.vertex_jobs import PIPELINE_NAME
@@ -32,7 +44,15 @@ OUR_COMPONENTS = {
     "contract_check": contract_check,
     "evaluation_gate": evaluation_gate,
 }
-"""The project's own components in this pipeline, by name (compile exports each as YAML)."""
+"""The project's own components in the Vertex pipeline, by name (compile exports each as YAML)."""
+LOCAL_STAND_INS = {
+    "local_model_upload": local_model_upload,
+    "local_model_deploy": local_model_deploy,
+    "local_batch_predict": local_batch_predict,
+}
+"""What the local backend runs in place of GCPC's upload, endpoint/deploy and batch ops."""
+BACKENDS = ("vertex", "local")
+LOCAL_PIPELINE_NAME = f"{PIPELINE_NAME}-local"
 DISPLAY_NAME_HINT = "letters, digits, spaces, '-', '_' and '.' only"
 
 
@@ -75,14 +95,54 @@ def _upload(
     return dsl.OneOf(as_version.outputs["model"], as_model.outputs["model"])
 
 
-def build_pipeline(components_image: str = COMPONENTS_IMAGE) -> Any:
-    """Define the pipeline with our components running in ``components_image``.
+def _train_build_check_gate(
+    ours: dict[str, Any],
+    *,
+    training: dict[str, Any],
+    build: dict[str, Any],
+    gate_metric: Any,
+    gate_threshold: Any,
+) -> tuple[Any, Any]:
+    """The first half, shared by both backends: train, build, check, and the gate.
+
+    Returns the contract-check task (its ``unmanaged_container_model`` feeds upload) and the
+    gate task (upload and what follows run inside ``dsl.If(gate.output == True)``). The gate
+    runs after the check so that a model that would fail on Vertex stops the run even when
+    its metrics are good.
+    """
+    trained = ours["train"](**training)
+    built = ours["build_image"](model=trained.outputs["model"], **build)
+    checked = ours["contract_check"](
+        image_uri=built.outputs["image_uri"], model=trained.outputs["model"]
+    )
+    gate = ours["evaluation_gate"](
+        metrics=trained.outputs["metrics"], metric=gate_metric, threshold=gate_threshold
+    )
+    gate.after(checked)
+    return checked, gate
+
+
+def build_pipeline(components_image: str = COMPONENTS_IMAGE, backend: str = "vertex") -> Any:
+    """Define the pipeline for ``backend`` with our components running in ``components_image``.
 
     A factory rather than a module-level pipeline because KFP fixes each task's image when the
     pipeline is defined; ``compile.py compile --components-image`` needs to choose it. Our
-    components are copied, never changed in place.
+    components are copied, never changed in place. ``backend`` is ``"vertex"`` (GCPC ops for
+    the Vertex resources) or ``"local"`` (stand-ins ``kfp.local`` can run).
     """
-    ours = {name: with_image(c, components_image) for name, c in OUR_COMPONENTS.items()}
+    ours = {
+        name: with_image(c, components_image)
+        for name, c in {**OUR_COMPONENTS, **LOCAL_STAND_INS}.items()
+    }
+    if backend == "vertex":
+        return _vertex_pipeline(ours)
+    if backend == "local":
+        return _local_pipeline(ours)
+    raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+
+
+def _vertex_pipeline(ours: dict[str, Any]) -> Any:
+    """The pipeline for Vertex AI Pipelines: GCPC ops for upload, endpoint, deploy, batch."""
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -154,30 +214,27 @@ def build_pipeline(components_image: str = COMPONENTS_IMAGE) -> Any:
             batch_replica_count: replicas of the batch job (batch does not autoscale).
             batch_size: instances per request to the container (Vertex's default is 64).
         """
-        trained = ours["train"](
-            data=data,
-            target=target,
-            task=task,
-            feature_columns=feature_columns,
-            estimator=estimator,
-            hyperparameters=hyperparameters,
-            seed=seed,
+        checked, gate = _train_build_check_gate(
+            ours,
+            training={
+                "data": data,
+                "target": target,
+                "task": task,
+                "feature_columns": feature_columns,
+                "estimator": estimator,
+                "hyperparameters": hyperparameters,
+                "seed": seed,
+            },
+            build={
+                "image_name": image_name,
+                "project": project,
+                "location": location,
+                "repository": image_repository,
+                "staging_bucket": staging_bucket,
+            },
+            gate_metric=gate_metric,
+            gate_threshold=gate_threshold,
         )
-        built = ours["build_image"](
-            model=trained.outputs["model"],
-            image_name=image_name,
-            project=project,
-            location=location,
-            repository=image_repository,
-            staging_bucket=staging_bucket,
-        )
-        checked = ours["contract_check"](
-            image_uri=built.outputs["image_uri"], model=trained.outputs["model"]
-        )
-        gate = ours["evaluation_gate"](
-            metrics=trained.outputs["metrics"], metric=gate_metric, threshold=gate_threshold
-        )
-        gate.after(checked)
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
             model = _upload(
                 checked.outputs["unmanaged_container_model"],
@@ -226,6 +283,92 @@ def build_pipeline(components_image: str = COMPONENTS_IMAGE) -> Any:
             )
 
     return train_to_serve
+
+
+def _local_pipeline(ours: dict[str, Any]) -> Any:
+    """The same DAG for ``kfp.local``: local registry, local endpoint, local batch job."""
+
+    @dsl.pipeline(
+        name=LOCAL_PIPELINE_NAME,
+        description="Train-to-serve on one machine: the Vertex pipeline's DAG with local "
+        "stand-ins for the Model Registry, endpoints and batch prediction.",
+    )
+    def train_to_serve_local(
+        registry_dir: str,
+        endpoints_dir: str,
+        batch_instances: str,
+        batch_output_dir: str,
+        data: str = "penguins",
+        target: str = "",
+        task: str = "classification",
+        feature_columns: list = [],  # noqa: B006 (KFP needs literal defaults)
+        estimator: str = "auto",
+        hyperparameters: dict = {},  # noqa: B006
+        seed: int = 42,
+        image_name: str = "train-to-serve-model",
+        gate_metric: str = "accuracy",
+        gate_threshold: float = 0.8,
+        model_display_name: str = "train-to-serve",
+        parent_model: str = "",
+        version_aliases: list = ["default"],  # noqa: B006
+        batch_instances_format: str = "jsonl",
+        batch_size: int = 64,
+    ) -> None:
+        """Train-to-serve on this machine (``compile.py run-local``).
+
+        Args:
+            registry_dir: directory of the local model registry (kept across runs).
+            endpoints_dir: directory of the local endpoint records (kept across runs).
+            batch_instances: local jsonl or csv file(s) (a path or a glob) to predict.
+            batch_output_dir: results go to ``prediction-<model>-<time>/`` inside it.
+            data, target, task, feature_columns, estimator, hyperparameters, seed: training.
+            image_name: local image name (``name[:tag]``) for the serving image.
+            gate_metric, gate_threshold: the evaluation gate, as in the Vertex pipeline.
+            model_display_name: display name in the local registry.
+            parent_model: ``projects/local/locations/local/models/ID`` to retrain: the upload
+                becomes its new version.
+            version_aliases: aliases of the new version; keep ``default`` to make it serve.
+            batch_instances_format: ``jsonl`` or ``csv``.
+            batch_size: instances per request to the container (Vertex's default is 64).
+        """
+        checked, gate = _train_build_check_gate(
+            ours,
+            training={
+                "data": data,
+                "target": target,
+                "task": task,
+                "feature_columns": feature_columns,
+                "estimator": estimator,
+                "hyperparameters": hyperparameters,
+                "seed": seed,
+            },
+            build={"image_name": image_name, "builder": "local"},
+            gate_metric=gate_metric,
+            gate_threshold=gate_threshold,
+        )
+        with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
+            uploaded = ours["local_model_upload"](
+                display_name=model_display_name,
+                unmanaged_container_model=checked.outputs["unmanaged_container_model"],
+                registry_dir=registry_dir,
+                parent_model=parent_model,
+                version_aliases=version_aliases,
+            )
+            ours["local_model_deploy"](
+                model=uploaded.outputs["model"],
+                registry_dir=registry_dir,
+                endpoints_dir=endpoints_dir,
+            )
+            ours["local_batch_predict"](
+                model=uploaded.outputs["model"],
+                registry_dir=registry_dir,
+                instances=batch_instances,
+                instances_format=batch_instances_format,
+                output_dir=batch_output_dir,
+                batch_size=batch_size,
+            )
+
+    return train_to_serve_local
 
 
 def check_run_parameters(values: dict[str, Any]) -> None:

@@ -1,0 +1,358 @@
+"""Run the whole train-to-serve pipeline on this machine: ``compile.py run-local``.
+
+The pipeline is ``build_pipeline(backend="local")``: the Vertex pipeline's DAG with local
+stand-ins for the Model Registry, endpoints and batch prediction. ``kfp.local`` runs it
+(``SubprocessRunner`` in the current interpreter; the build, check, deploy and batch steps
+drive podman or docker themselves). ``run_local`` adds what a person at a terminal needs
+around it:
+
+* a check that a container engine works, before anything is trained;
+* the batch input: by default every row of the training table, features only, one JSON
+  object per line (what a user would send to Vertex's batch prediction);
+* each step's start, end and wall time, read from kfp.local's own log lines as they stream
+  past (``StepClock``);
+* a summary of the run (model version, image, contract report, endpoint URL, batch output and
+  counts, wall time per step) printed and written as ``summary.json`` in the run's directory.
+
+Directory layout under ``output_dir`` (default ``outputs/``)::
+
+    train-to-serve-local-<time>/   one kfp.local run: a folder per task, and summary.json
+    registry/                      the local model registry (kept across runs)
+    endpoints/                     the local endpoint records (kept across runs)
+    batch-input/                   batch instances written from the data set
+    batch-predictions/             prediction-<model>-<time>/ per batch job, as on Vertex
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+DEFAULT_GATES = {"classification": ("accuracy", 0.8), "regression": ("r2", 0.5)}
+"""Gate metric and threshold by task, when none is given."""
+STEPS = (
+    "train",
+    "build-image",
+    "contract-check",
+    "evaluation-gate",
+    "local-model-upload",
+    "local-model-deploy",
+    "local-batch-predict",
+)
+"""The pipeline's tasks in DAG order (kfp.local's task names)."""
+SUMMARY_FILE = "summary.json"
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class LocalRunError(RuntimeError):
+    """The local run cannot start or did not finish; the message says why and what to do."""
+
+
+@dataclass
+class LocalRunOptions:
+    """What ``compile.py run-local`` passes; defaults train a classifier on penguins."""
+
+    output_dir: Path = Path("outputs")
+    data: str = "penguins"
+    target: str = ""
+    task: str = "classification"
+    feature_columns: list[str] = field(default_factory=list)
+    estimator: str = "auto"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    seed: int = 42
+    gate_metric: str = ""
+    """Empty: ``DEFAULT_GATES[task]``."""
+    gate_threshold: float | None = None
+    model_display_name: str = "train-to-serve"
+    parent_model: str = ""
+    """``projects/local/locations/local/models/ID``: upload as its new version (a retrain)."""
+    batch_instances: str = ""
+    """jsonl/csv file(s) to predict; empty: every row of the training table."""
+    batch_instances_format: str = "jsonl"
+    batch_size: int = 64
+    keep_endpoints: bool = False
+    """Keep earlier local endpoints of the same model running (default: undeploy them)."""
+
+
+class StepClock(io.TextIOBase):
+    """A text stream that passes everything on and times kfp.local's tasks from its log lines.
+
+    kfp.local logs ``Executing task 'name'`` when a task starts and ``Task 'name' finished
+    with status SUCCESS`` when it ends, to ``sys.stdout``; installed as ``sys.stdout`` for the
+    run, this records the start and end of each task and adds one line per finished task.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self.out = out
+        self.started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+        self.status: dict[str, str] = {}
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._observe(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def _observe(self, line: str) -> None:
+        if match := _STARTED.search(line):
+            self.started[match[1]] = time.monotonic()
+        elif match := _FINISHED.search(line):
+            name, status = match[1], match[2]
+            self.status[name] = status
+            if name in self.started:
+                self.seconds[name] = round(time.monotonic() - self.started[name], 2)
+            done = sum(1 for s in self.status.values() if s == "SUCCESS")
+            self.out.write(
+                f"==> step {name}: {status} after {self.seconds.get(name, 0):.1f} s "
+                f"({done} of {len(STEPS)} steps done)\n"
+            )
+
+
+def write_batch_instances(
+    data: str, target: str, feature_columns: list[str], destination: Path
+) -> int:
+    """Write the table's feature columns as jsonl instances (missing values as null).
+
+    This is the default batch input: the rows a user would score, in Vertex's jsonl shape
+    (one JSON object keyed by feature name per line). Returns the number of lines.
+    """
+    from components.train import TrainingInputError, load_table
+
+    frame, default_target = load_table(data)
+    frame.columns = [str(c) for c in frame.columns]
+    target = target or default_target or ""
+    features = feature_columns or [c for c in frame.columns if c != target]
+    missing = [c for c in features if c not in frame.columns]
+    if missing:
+        raise TrainingInputError(f"feature columns {missing} are not in {data!r}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    frame[features].to_json(destination, orient="records", lines=True)
+    return len(frame)
+
+
+def check_engine() -> str:
+    """The container engine's path; ``LocalRunError`` saying what to do when none works."""
+    from components import container_engine as ce
+
+    try:
+        engine = ce.detect_engine()
+        ce.choose_base_image(engine)
+    except ce.ContainerEngineError as exc:
+        raise LocalRunError(
+            "run-local builds the serving image and runs it as Vertex would, which needs "
+            f"podman or docker, and none works here:\n  {exc}\n"
+            "Set one up with `bash scripts/setup-container-engine.sh` (Debian/Ubuntu, as "
+            "root; `make run` does this), or point TRAIN_TO_SERVE_CONTAINER_ENGINE at a "
+            "working podman/docker binary."
+        ) from exc
+    return engine.path
+
+
+def _outputs(task_dir: Path) -> dict[str, Any]:
+    """A finished task's outputs from its ``executor_output.json``: artifacts and values."""
+    path = task_dir / "executor_output.json"
+    if not path.exists():
+        return {}
+    written = json.loads(path.read_text())
+    outputs: dict[str, Any] = dict(written.get("parameterValues", {}))
+    for name, listed in written.get("artifacts", {}).items():
+        artifact = listed["artifacts"][0]
+        outputs[name] = {"uri": artifact.get("uri", ""), "metadata": artifact.get("metadata", {})}
+    return outputs
+
+
+def _newest_run(root: Path, pipeline_name: str, after: float) -> Path:
+    runs = [p for p in root.glob(f"{pipeline_name}-*") if p.is_dir() and p.stat().st_mtime >= after]
+    if not runs:
+        raise LocalRunError(f"kfp.local wrote no run directory under {root}")
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def _count_lines(directory: Path, pattern: str) -> int:
+    return sum(
+        sum(1 for line in path.open(encoding="utf-8") if line.strip())
+        for path in sorted(directory.glob(pattern))
+    )
+
+
+def _uri_path(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str, Any]:
+    """The run's summary, from each task's outputs in ``run_dir`` and the step times."""
+    out = {step: _outputs(run_dir / step) for step in STEPS}
+    train, check = out["train"], out["contract-check"]
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "model_dir": _uri_path(train.get("model", {}).get("uri", "")),
+        "metrics": train.get("metrics", {}).get("metadata", {}),
+        "image": out["build-image"].get("image_uri"),
+        "contract_report": _uri_path(check.get("report", {}).get("uri", "")) or None,
+        "contract_check": check.get("metrics", {}).get("metadata", {}),
+        "gate_passed": out["evaluation-gate"].get("Output"),
+    }
+    upload = out["local-model-upload"].get("model", {}).get("metadata", {})
+    if upload:
+        summary["model_version"] = {
+            key: upload.get(key)
+            for key in ("resourceName", "versionId", "versionAliases", "parentModel")
+        }
+    endpoint = out["local-model-deploy"].get("endpoint", {}).get("metadata", {})
+    if endpoint:
+        summary["endpoint"] = {key: endpoint.get(key) for key in ("resourceName", "url")}
+    job = out["local-batch-predict"].get("batch_prediction_job", {}).get("metadata", {})
+    if job:
+        directory = Path(_uri_path(job["outputInfo"]["gcsOutputDirectory"]))
+        summary["batch"] = {
+            "output_dir": str(directory),
+            "completionStats": job.get("completionStats"),
+            "prediction_lines": _count_lines(directory, "prediction.results-*"),
+            "error_lines": _count_lines(directory, "prediction.errors_stats-*"),
+        }
+    summary["step_seconds"] = {s: clock.seconds[s] for s in STEPS if s in clock.seconds}
+    summary["wall_seconds"] = round(wall_seconds, 2)
+    return summary
+
+
+def _replace_earlier_endpoints(endpoints_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """Undeploy the other local endpoints of this model; their resource names."""
+    from components import local_endpoint as le
+
+    new = summary.get("endpoint", {}).get("resourceName")
+    version = summary.get("model_version", {}).get("resourceName", "")
+    model = version.split("@", 1)[0]
+    replaced = []
+    for endpoint in le.list_endpoints(endpoints_dir):
+        if endpoint.resource_name != new and endpoint.model.split("@", 1)[0] == model:
+            le.undeploy(endpoint.endpoint_id, endpoints_dir=endpoints_dir)
+            replaced.append(endpoint.resource_name)
+    return replaced
+
+
+def run_local(options: LocalRunOptions, out: TextIO | None = None) -> dict[str, Any]:
+    """Run the local pipeline with kfp.local; print progress; return and write the summary.
+
+    Raises:
+        LocalRunError: no container engine, or a step failed (the message names it).
+        TrainingInputError: bad training data or columns, before anything runs.
+    """
+    from kfp import local
+
+    from pipelines.train_to_serve import LOCAL_PIPELINE_NAME, build_pipeline
+
+    out = out or sys.stdout
+    started = time.monotonic()
+    check_engine()
+    root = options.output_dir.resolve()
+    metric, threshold = DEFAULT_GATES[options.task]
+    metric = options.gate_metric or metric
+    threshold = threshold if options.gate_threshold is None else options.gate_threshold
+    instances = options.batch_instances
+    if not instances:
+        destination = root / "batch-input" / f"{Path(options.data).stem}.jsonl"
+        count = write_batch_instances(
+            options.data, options.target, options.feature_columns, destination
+        )
+        instances = str(destination)
+        out.write(f"batch input: {count} rows of {options.data!r} as jsonl in {destination}\n")
+    arguments = {
+        "registry_dir": str(root / "registry"),
+        "endpoints_dir": str(root / "endpoints"),
+        "batch_instances": instances,
+        "batch_output_dir": str(root / "batch-predictions"),
+        "data": options.data,
+        "target": options.target,
+        "task": options.task,
+        "feature_columns": options.feature_columns,
+        "estimator": options.estimator,
+        "hyperparameters": options.hyperparameters,
+        "seed": options.seed,
+        "gate_metric": metric,
+        "gate_threshold": threshold,
+        "model_display_name": options.model_display_name,
+        "parent_model": options.parent_model,
+        "batch_instances_format": options.batch_instances_format,
+        "batch_size": options.batch_size,
+    }
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        raise_on_error=True,
+    )
+    pipeline = build_pipeline(backend="local")
+    clock = StepClock(out)
+    began = time.time() - 1
+    saved, sys.stdout = sys.stdout, clock
+    try:
+        pipeline(**arguments)
+    except RuntimeError as exc:
+        failed = [name for name, status in clock.status.items() if status != "SUCCESS"]
+        run_dir = _newest_run(root, LOCAL_PIPELINE_NAME, began)
+        where = f"step {failed[0]!r}" if failed else "the pipeline"
+        outputs = run_dir / failed[0] if failed else run_dir
+        raise LocalRunError(
+            f"{where} failed ({_ANSI.sub('', str(exc)).rstrip('.')}). Its log is above; "
+            f"its outputs (a contract check's report among them) are in {outputs}"
+        ) from exc
+    finally:
+        sys.stdout = saved
+    run_dir = _newest_run(root, LOCAL_PIPELINE_NAME, began)
+    summary = summarize(run_dir, clock, time.monotonic() - started)
+    if summary.get("endpoint") and not options.keep_endpoints:
+        summary["replaced_endpoints"] = _replace_earlier_endpoints(root / "endpoints", summary)
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    summary["summary_file"] = str(run_dir / SUMMARY_FILE)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few lines a person reads at the end of the run."""
+    lines = [f"run: {summary['run_dir']}"]
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
+    lines.append(f"model: {summary['model_dir']} ({metrics})")
+    lines.append(f"image: {summary['image']}")
+    verdict = summary["contract_check"].get("passed")
+    lines.append(
+        f"contract check: {'passed' if verdict else 'see report'}; "
+        f"report {summary['contract_report']}"
+    )
+    if not summary.get("gate_passed"):
+        lines.append("evaluation gate: FAILED; nothing was uploaded, deployed or batch-predicted")
+    if version := summary.get("model_version"):
+        lines.append(
+            f"model version: {version['resourceName']} (aliases: "
+            f"{', '.join(version['versionAliases'] or [])})"
+        )
+    if endpoint := summary.get("endpoint"):
+        lines.append(f"endpoint: {endpoint['resourceName']}: POST {endpoint['url']}")
+    for name in summary.get("replaced_endpoints", []):
+        lines.append(f"undeployed the earlier endpoint {name}")
+    if batch := summary.get("batch"):
+        stats = batch["completionStats"] or {}
+        lines.append(
+            f"batch prediction: {batch['output_dir']}: {batch['prediction_lines']} predictions, "
+            f"{batch['error_lines']} errors (successful {stats.get('successfulCount')}, "
+            f"failed {stats.get('failedCount')})"
+        )
+    steps = ", ".join(f"{k} {v:.1f} s" for k, v in summary["step_seconds"].items())
+    lines.append(f"wall time: {summary['wall_seconds']:.1f} s ({steps})")
+    lines.append(f"summary: {summary.get('summary_file', '')}")
+    return "\n".join(lines)
