@@ -1,9 +1,21 @@
-"""Train a tabular scikit-learn model and export it together with its fitted preprocessor.
+"""Train a tabular model and export it together with its fitted preprocessing.
 
-The exported artifact is one directory (see ``serving_image/server/manifest.py``): the whole
-fitted ``Pipeline`` (ColumnTransformer + estimator) in ``model.joblib``, its manifest, sample
-instances in Vertex's request shape and the predictions they must give. Serving loads that
-one file and never re-fits or re-implements preprocessing.
+The exported artifact is one directory (see ``serving_image/server/manifest.py``): the model
+with its preprocessing inside, its manifest, sample instances in Vertex's request shape and
+the predictions they must give. Serving loads that one model and never re-fits or
+re-implements preprocessing.
+
+Two frameworks share everything but the fit step (reading, checks, split, feature schema,
+metrics, sample export, manifest):
+
+* ``scikit-learn`` (default, this module): one ``Pipeline`` (ColumnTransformer + estimator)
+  in ``model.joblib``;
+* ``tensorflow`` (``components/keras_model.py``): a Keras model whose preprocessing layers
+  were adapted on the training data, exported as a SavedModel directory ``saved_model/``.
+
+A framework's fit step is a *fitter*: ``make_fitter(task, estimator, hyperparameters, seed)``
+checks the estimator and hyper-parameters (before any training) and returns
+``fit(schema, x_train, y_train) -> FittedModel``.
 
 ``train_and_export`` is the plain function (importable and testable without kfp);
 ``train`` is the KFP v2 component around it.
@@ -13,6 +25,8 @@ import json
 import math
 import platform
 import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +58,9 @@ REGRESSORS = {
     "decision_tree": "sklearn.tree.DecisionTreeRegressor",
 }
 DEFAULT_ESTIMATORS = {"classification": "logistic_regression", "regression": "ridge"}
+TASKS = tuple(DEFAULT_ESTIMATORS)
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
+FRAMEWORKS = ("scikit-learn", "tensorflow")
 
 
 class TrainingInputError(ValueError):
@@ -60,6 +76,40 @@ class TrainingResult:
     metrics: dict[str, float]
     confusion_matrix: list[list[int]] = field(default_factory=list)
     roc_curve: dict[str, list[float]] = field(default_factory=dict)
+
+
+class FittedModel(ABC):
+    """A fitted model as the shared evaluation and export code sees it, whatever the framework.
+
+    ``predict``/``predict_proba`` take a frame of raw feature columns shaped as
+    ``train_and_export`` prepares them (numeric float/int with NaN, categorical object with
+    ``None``) and return numpy arrays.
+    """
+
+    classes: list[Any]
+    """Classification: the class labels, in ``predict_proba``'s column order; else ``[]``."""
+    has_probabilities: bool = True
+
+    @abstractmethod
+    def predict(self, frame: Any) -> Any:
+        """Predicted labels (classification) or values (regression), one per row."""
+
+    @abstractmethod
+    def predict_proba(self, frame: Any) -> Any:
+        """Class probabilities, rows x ``classes``."""
+
+    @abstractmethod
+    def save(self, model_dir: Path) -> str:
+        """Write the model into ``model_dir``; return its file (or directory) name."""
+
+    @abstractmethod
+    def manifest_fields(self) -> dict[str, Any]:
+        """``framework``, ``framework_version``, ``libraries``, ``estimator`` and any
+        framework-specific manifest keys."""
+
+
+Fitter = Callable[[list[dict[str, Any]], Any, Any], FittedModel]
+"""``fit(schema, x_train, y_train)``, made by a framework's ``make_fitter``."""
 
 
 def load_table(data: str) -> tuple[Any, str | None]:
@@ -187,9 +237,93 @@ def _build_pipeline(schema: list[dict[str, Any]], estimator: Any) -> Any:
     return Pipeline([("preprocess", preprocess), ("estimator", estimator)])
 
 
+class SklearnModel(FittedModel):
+    """A fitted scikit-learn ``Pipeline``, saved with joblib."""
+
+    def __init__(self, pipeline: Any, name: str, hyperparameters: dict[str, Any]) -> None:
+        self.pipeline = pipeline
+        self.name = name
+        self.hyperparameters = hyperparameters
+        classes = getattr(pipeline, "classes_", None)
+        self.classes = [] if classes is None else classes.tolist()
+        self.has_probabilities = hasattr(pipeline, "predict_proba")
+
+    def predict(self, frame: Any) -> Any:
+        return self.pipeline.predict(frame)
+
+    def predict_proba(self, frame: Any) -> Any:
+        return self.pipeline.predict_proba(frame)
+
+    def save(self, model_dir: Path) -> str:
+        import joblib
+
+        from serving_image.server import manifest as contract
+
+        joblib.dump(self.pipeline, model_dir / contract.MODEL_FILE)
+        return contract.MODEL_FILE
+
+    def manifest_fields(self) -> dict[str, Any]:
+        import joblib
+        import numpy as np
+        import pandas as pd
+        import sklearn
+
+        estimator = self.pipeline[-1]
+        return {
+            "framework": "scikit-learn",
+            "framework_version": sklearn.__version__,
+            "libraries": {
+                "scikit-learn": sklearn.__version__,
+                "numpy": np.__version__,
+                "pandas": pd.__version__,
+                "joblib": joblib.__version__,
+            },
+            "estimator": {
+                "name": self.name,
+                "class": type(estimator).__module__ + "." + type(estimator).__name__,
+                "hyperparameters": self.hyperparameters,
+            },
+        }
+
+
+def make_sklearn_fitter(
+    task: str, estimator: str, hyperparameters: dict[str, Any], seed: int
+) -> Fitter:
+    """Check the named estimator and its hyper-parameters now; fit the Pipeline later."""
+    model = _estimator_for(task, estimator, hyperparameters)
+    if "random_state" in model.get_params() and "random_state" not in hyperparameters:
+        model.set_params(random_state=seed)
+    name = estimator if estimator != "auto" else DEFAULT_ESTIMATORS[task]
+
+    def fit(schema: list[dict[str, Any]], x_train: Any, y_train: Any) -> FittedModel:
+        pipeline = _build_pipeline(schema, model)
+        pipeline.fit(x_train, y_train)
+        return SklearnModel(pipeline, name, hyperparameters)
+
+    return fit
+
+
+def make_fitter(
+    framework: str, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int
+) -> Fitter:
+    """The fit step of ``framework`` (checking estimator and hyper-parameters first)."""
+    if framework == "scikit-learn":
+        return make_sklearn_fitter(task, estimator, hyperparameters, seed)
+    if framework == "tensorflow":
+        try:
+            from components.keras_model import make_keras_fitter
+        except ImportError as exc:
+            raise TrainingInputError(
+                f"framework 'tensorflow' needs TensorFlow, which is not installed ({exc}); "
+                "install the project's tensorflow extra: pip install -e '.[tensorflow]'"
+            ) from None
+        return make_keras_fitter(task, estimator, hyperparameters, seed)
+    raise TrainingInputError(f"unknown framework {framework!r}; choose one of {FRAMEWORKS}")
+
+
 def _check_inputs(frame: Any, target: str, task: str, features: list[str], source: str) -> None:
     """Reject bad training inputs before any training, naming the column or value at fault."""
-    if task not in DEFAULT_ESTIMATORS:
+    if task not in TASKS:
         raise TrainingInputError(f"unknown task {task!r}; choose 'classification' or 'regression'")
     if frame.empty:
         raise TrainingInputError(f"the data set {source!r} has no rows")
@@ -248,14 +382,14 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _evaluate(task: str, pipeline: Any, x_eval: Any, y_eval: Any) -> TrainingResult:
+def _evaluate(task: str, model: FittedModel, x_eval: Any, y_eval: Any) -> TrainingResult:
     """Compute evaluation metrics (and the confusion matrix and ROC curve for classifiers)."""
     import numpy as np
     from sklearn import metrics as skm
     from sklearn.preprocessing import label_binarize
 
     result = TrainingResult(model_dir=Path(), manifest={}, metrics={})
-    predicted = pipeline.predict(x_eval)
+    predicted = model.predict(x_eval)
     if task == "regression":
         result.metrics = {
             "rmse": float(math.sqrt(skm.mean_squared_error(y_eval, predicted))),
@@ -263,14 +397,14 @@ def _evaluate(task: str, pipeline: Any, x_eval: Any, y_eval: Any) -> TrainingRes
             "r2": float(skm.r2_score(y_eval, predicted)),
         }
         return result
-    classes = pipeline.classes_
+    classes = model.classes
     result.metrics = {
         "accuracy": float(skm.accuracy_score(y_eval, predicted)),
         "f1_macro": float(skm.f1_score(y_eval, predicted, average="macro")),
     }
     result.confusion_matrix = skm.confusion_matrix(y_eval, predicted, labels=classes).tolist()
-    if hasattr(pipeline, "predict_proba"):
-        proba = pipeline.predict_proba(x_eval)
+    if model.has_probabilities:
+        proba = model.predict_proba(x_eval)
         if len(classes) == 2:
             truth = (np.asarray(y_eval) == classes[1]).astype(int)
             scores = proba[:, 1]
@@ -292,17 +426,17 @@ def _evaluate(task: str, pipeline: Any, x_eval: Any, y_eval: Any) -> TrainingRes
     return result
 
 
-def _expected_predictions(task: str, pipeline: Any, rows: Any) -> list[Any]:
-    """What the fitted pipeline predicts for ``rows``, in the server's default answer shape."""
+def _expected_predictions(task: str, model: FittedModel, rows: Any) -> list[Any]:
+    """What the saved model predicts for ``rows``, in the server's default answer shape."""
     from serving_image.server.predictions import format_classification, format_regression
 
     if task == "regression":
-        return format_regression(pipeline.predict(rows).tolist())
-    proba = pipeline.predict_proba(rows).tolist() if hasattr(pipeline, "predict_proba") else None
+        return format_regression(model.predict(rows).tolist())
+    proba = model.predict_proba(rows).tolist() if model.has_probabilities else None
     return format_classification(
-        pipeline.predict(rows).tolist(),
+        model.predict(rows).tolist(),
         proba,
-        pipeline.classes_.tolist(),
+        model.classes,
         output="both" if proba is not None else "label",
     )
 
@@ -318,8 +452,9 @@ def train_and_export(
     eval_fraction: float = 0.2,
     seed: int = 42,
     sample_size: int = 10,
+    framework: str = "scikit-learn",
 ) -> TrainingResult:
-    """Train a scikit-learn Pipeline on a table and export it with its preprocessor.
+    """Train a model on a table and export it with its preprocessing.
 
     Args:
         data: CSV or Parquet path or URI (``gs://`` via gcsfs), or a bundled data set name
@@ -328,19 +463,21 @@ def train_and_export(
         target: the column to predict; may be empty for a bundled data set (its default).
         task: ``"classification"`` or ``"regression"``.
         feature_columns: the feature columns; ``None`` or empty means every other column.
-        estimator: an estimator name from ``CLASSIFIERS`` / ``REGRESSORS``, or ``"auto"``.
-        hyperparameters: keyword arguments for the estimator, checked against its parameters.
+        estimator: ``"auto"``, or for scikit-learn a name from ``CLASSIFIERS`` /
+            ``REGRESSORS``; for TensorFlow ``"mlp"`` (see ``components.keras_model``).
+        hyperparameters: scikit-learn: the estimator's keyword arguments, checked against its
+            parameters; TensorFlow: ``keras_model.HYPERPARAMETERS`` (epochs, batch_size,
+            learning_rate, hidden_units).
         eval_fraction: share of rows held out for evaluation (0 < x < 1), split with ``seed``.
         seed: random seed for the split and the estimator (when it takes ``random_state``).
         sample_size: how many evaluation rows to export as sample instances.
+        framework: ``"scikit-learn"`` (``model.joblib``) or ``"tensorflow"`` (a Keras model
+            exported as ``saved_model/``; needs the project's ``tensorflow`` extra).
 
     Raises:
         TrainingInputError: any bad input, before training starts.
     """
-    import joblib
-    import numpy as np
     import pandas as pd
-    import sklearn
     from sklearn.model_selection import train_test_split
 
     from serving_image.server import manifest as contract
@@ -357,9 +494,7 @@ def train_and_export(
         raise TrainingInputError(f"no target column given for {data!r}; pass target=<column>")
     features = list(feature_columns or [c for c in frame.columns if c != target])
     _check_inputs(frame, target, task, features, data)
-    model = _estimator_for(task, estimator, hyperparameters)
-    if "random_state" in model.get_params() and "random_state" not in hyperparameters:
-        model.set_params(random_state=seed)
+    fit = make_fitter(framework, task, estimator, hyperparameters, seed)
 
     frame = frame[frame[target].notna()].reset_index(drop=True)
     # Text columns as plain object dtype, missing as None: what a request's JSON gives the server.
@@ -374,14 +509,12 @@ def train_and_export(
         x, y, test_size=eval_fraction, random_state=seed, stratify=stratify
     )
     schema = _feature_schema(x_train, features)
-    pipeline = _build_pipeline(schema, model)
-    pipeline.fit(x_train, y_train)
-    result = _evaluate(task, pipeline, x_eval, y_eval)
+    model = fit(schema, x_train, y_train)
+    result = _evaluate(task, model, x_eval, y_eval)
 
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = out / contract.MODEL_FILE
-    joblib.dump(pipeline, model_path)
+    model_file = model.save(out)
     # Rows with missing values first (up to half the sample): they exercise the imputers.
     has_missing = x_eval.isna().any(axis=1)
     with_missing = x_eval[has_missing].head(sample_size // 2)
@@ -391,32 +524,22 @@ def train_and_export(
         for row in sample.to_dict(orient="records")
     ]
     contract.write_jsonl(out / contract.INSTANCES_FILE, instances)
-    contract.write_jsonl(
-        out / contract.EXPECTED_FILE, _expected_predictions(task, pipeline, sample)
-    )
-    estimator_name = estimator if estimator != "auto" else DEFAULT_ESTIMATORS[task]
+    contract.write_jsonl(out / contract.EXPECTED_FILE, _expected_predictions(task, model, sample))
+    fields = model.manifest_fields()
     manifest = {
         "manifest_version": contract.MANIFEST_VERSION,
-        "framework": "scikit-learn",
-        "framework_version": sklearn.__version__,
+        "framework": fields.pop("framework"),
+        "framework_version": fields.pop("framework_version"),
         "python_version": platform.python_version(),
-        "libraries": {
-            "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-            "joblib": joblib.__version__,
-        },
+        "libraries": fields.pop("libraries"),
         "task": task,
         "target": target,
-        "target_classes": pipeline.classes_.tolist() if task == "classification" else [],
+        "target_classes": model.classes if task == "classification" else [],
         "features": schema,
-        "estimator": {
-            "name": estimator_name,
-            "class": type(model).__module__ + "." + type(model).__name__,
-            "hyperparameters": hyperparameters,
-        },
-        "model_file": contract.MODEL_FILE,
-        "model_sha256": contract.sha256_file(model_path),
+        "estimator": fields.pop("estimator"),
+        **fields,
+        "model_file": model_file,
+        "model_sha256": contract.sha256_path(out / model_file),
         "training": {
             "data": data,
             "rows": len(frame),
@@ -449,30 +572,36 @@ def train(
     eval_fraction: float = 0.2,
     seed: int = 42,
     sample_size: int = 10,
+    framework: str = "scikit-learn",
 ):
-    """Train a tabular scikit-learn model and export it with its fitted preprocessor.
+    """Train a tabular model and export it with its fitted preprocessing.
 
     Reads a CSV or Parquet table (local path, ``gs://`` URI, or the bundled ``penguins``
-    data set), fits one scikit-learn ``Pipeline`` (numeric: median impute + scale;
-    categorical: most-frequent impute + one-hot ignoring unknown categories; then the named
-    estimator), evaluates it on a seeded hold-out split, and writes:
+    data set), fits on a seeded split and evaluates on the hold-out rows. ``framework``
+    ``"scikit-learn"`` fits one ``Pipeline`` (numeric: median impute + scale; categorical:
+    most-frequent impute + one-hot ignoring unknown categories; then the named estimator);
+    ``"tensorflow"`` fits a Keras model whose layers do the preprocessing (numeric: NaN ->
+    training mean, then ``Normalization``; categorical: ``StringLookup`` one-hot, null -> all
+    zeros, unknown -> an out-of-vocabulary slot), exported as a SavedModel. It writes:
 
     Args:
         data: CSV/Parquet path or URI, or ``"penguins"``.
         target: column to predict (empty: the bundled data set's default).
         task: ``"classification"`` or ``"regression"``.
         feature_columns: feature columns; empty means all columns but the target.
-        estimator: ``"auto"`` or a name: classification ``logistic_regression``,
-            ``random_forest``, ``gradient_boosting``, ``decision_tree``; regression
-            ``ridge``, ``linear_regression``, ``random_forest``, ``gradient_boosting``,
-            ``decision_tree``.
-        hyperparameters: estimator keyword arguments (names are checked).
+        estimator: ``"auto"`` or a name. scikit-learn: classification
+            ``logistic_regression``, ``random_forest``, ``gradient_boosting``,
+            ``decision_tree``; regression ``ridge``, ``linear_regression``,
+            ``random_forest``, ``gradient_boosting``, ``decision_tree``. TensorFlow: ``mlp``.
+        hyperparameters: estimator keyword arguments (names are checked); TensorFlow:
+            ``epochs``, ``batch_size``, ``learning_rate``, ``hidden_units``.
         eval_fraction: hold-out share for evaluation.
         seed: seed for the split and the estimator.
         sample_size: number of evaluation rows exported as sample instances.
+        framework: ``"scikit-learn"`` (default) or ``"tensorflow"``.
 
     Returns:
-        model: directory with ``model.joblib``, ``model_manifest.json``,
+        model: directory with ``model.joblib`` (or ``saved_model/``), ``model_manifest.json``,
             ``instances_sample.jsonl`` and ``expected_predictions.jsonl``.
         metrics: accuracy, F1 (macro) and ROC AUC, or RMSE, MAE and R².
         classification_metrics: confusion matrix and ROC curve (classification only).
@@ -490,6 +619,7 @@ def train(
         eval_fraction=eval_fraction,
         seed=seed,
         sample_size=sample_size,
+        framework=framework,
     )
     manifest = result.manifest
     model.metadata.update(

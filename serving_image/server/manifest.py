@@ -2,7 +2,9 @@
 
 A model directory holds:
 
-* ``model.joblib``: the whole fitted scikit-learn ``Pipeline`` (preprocessor + estimator);
+* the model, named by the manifest's ``model_file``: ``model.joblib`` (the whole fitted
+  scikit-learn ``Pipeline``, preprocessor + estimator) or ``saved_model/`` (a TensorFlow
+  SavedModel directory whose graph holds the Keras preprocessing layers);
 * ``model_manifest.json``: what the server needs to know to serve it without guessing
   (framework and versions, task, feature schema, target classes, the model file's sha256);
 * ``instances_sample.jsonl``: a few evaluation rows in Vertex's request shape, one instance
@@ -23,6 +25,7 @@ from typing import Any
 
 MANIFEST_VERSION = 1
 MODEL_FILE = "model.joblib"
+TENSORFLOW_MODEL_DIR = "saved_model"
 MANIFEST_FILE = "model_manifest.json"
 INSTANCES_FILE = "instances_sample.jsonl"
 EXPECTED_FILE = "expected_predictions.jsonl"
@@ -42,6 +45,19 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_path(path: str | Path) -> str:
+    """The sha256 of a model file, or of a model directory (a SavedModel): for a directory,
+    the digest of its sorted ``relative/path NUL file-sha256`` lines, so that a renamed,
+    added, removed or changed file all change it."""
+    root = Path(path)
+    if not root.is_dir():
+        return sha256_file(root)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(root).as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 

@@ -2,23 +2,27 @@
 
 The interface mirrors Vertex CPR's and KServe's ``Predictor``/``Model``: ``load``, then per
 request ``preprocess`` -> ``predict`` -> ``postprocess``. It knows nothing about HTTP, so it
-can be used in-process (the benchmark's no-HTTP limit does exactly that) and a TensorFlow
-predictor can be added beside ``SklearnPredictor`` without touching the server.
+can be used in-process (the benchmark's no-HTTP limit does exactly that); the manifest's
+``framework`` picks ``SklearnPredictor`` or ``TensorFlowPredictor``.
 
-``load_predictor`` is the one entry point the server uses. It refuses a model whose
-``model.joblib`` does not hash to the manifest's ``model_sha256`` *before* unpickling it
-(unpickling runs arbitrary code), checks the model against its manifest, then runs the
-exported sample instances through the full request path and compares the answers with
-``expected_predictions.jsonl``. That self-check catches library skew between the trainer
-and the serving image (a different scikit-learn that unpickles but predicts differently)
-and warms the model up before health turns 200.
+``load_predictor`` is the one entry point the server uses. It refuses a model whose file
+(``model.joblib``) or directory (``saved_model/``) does not hash to the manifest's
+``model_sha256`` *before* loading it (unpickling runs arbitrary code), checks the model
+against its manifest, then runs the exported sample instances through the full request path
+and compares the answers with ``expected_predictions.jsonl``. That self-check catches library
+skew between the trainer and the serving image (a different scikit-learn that unpickles but
+predicts differently) and warms the model up before health turns 200.
 
-numpy, pandas and scikit-learn are imported inside the methods: this module is imported on
-the way to binding the port, and those imports take seconds.
+numpy, pandas, scikit-learn and TensorFlow are imported inside the methods: this module is
+imported on the way to binding the port, and those imports take seconds (TensorFlow's about
+five); TensorFlow is imported only to serve a TensorFlow model, and is absent from the
+scikit-learn image.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -28,8 +32,11 @@ from typing import Any
 import orjson
 
 from . import manifest as contract
+from .logs import log_fields
 from .predictions import format_classification, format_regression
 from .validation import PredictRequest, RequestError, Schema, parse_predict_request
+
+log = logging.getLogger(__name__)
 
 SELF_CHECK_REL_TOL = 1e-7
 """Relative tolerance of the load-time self-check; HTTP answers themselves are exact."""
@@ -152,7 +159,134 @@ class SklearnPredictor(Predictor):
         )
 
 
-PREDICTORS: dict[str, type[Predictor]] = {"scikit-learn": SklearnPredictor}
+TENSORFLOW_MISSING_STRING = ""
+"""What a null categorical value becomes in a TensorFlow model's string input: the
+``StringLookup`` mask token, which its one-hot encoding maps to all zeros."""
+
+
+def tensorflow_feed(
+    columns: dict[str, list[Any]], numeric: dict[str, bool], input_names: dict[str, str]
+) -> dict[str, Any]:
+    """Feature columns (JSON values, ``None`` for null) as the SavedModel signature's keyword
+    arguments: ``(n, 1)`` float64 tensors (null -> NaN, imputed inside the model) and
+    ``(n, 1)`` string tensors (null -> ``TENSORFLOW_MISSING_STRING``), keyed by input name.
+
+    The trainer feeds its evaluation rows through this same function, so serving cannot
+    encode a request differently from how the expected predictions were computed.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    feed = {}
+    for name, values in columns.items():
+        if numeric[name]:
+            array = np.array(values, dtype=np.float64).reshape(-1, 1)
+            feed[input_names[name]] = tf.constant(array, dtype=tf.float64)
+        else:
+            strings = [TENSORFLOW_MISSING_STRING if v is None else v for v in values]
+            array = np.array(strings, dtype=object).reshape(-1, 1)
+            feed[input_names[name]] = tf.constant(array, dtype=tf.string)
+    return feed
+
+
+def tensorflow_device() -> str:
+    """``"GPU"`` when TensorFlow sees one (memory growth turned on, so that several server
+    workers can share it instead of the first taking all its memory), else ``"CPU"``."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # RuntimeError: already initialised in this process; keep its setting.
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    return "GPU" if gpus else "CPU"
+
+
+class TensorFlowPredictor(Predictor):
+    """A TensorFlow SavedModel written by ``components/keras_model.py``.
+
+    The SavedModel's ``serving_default`` signature takes one ``(n, 1)`` tensor per feature
+    (raw values; imputation, normalisation and category lookup are layers in its graph) and
+    returns class probabilities (classification; the label is the most probable class, in
+    ``target_classes`` order as sklearn's ``predict`` breaks ties) or the predicted value.
+    The model computes in float64, so a request answers the same to ~1e-15 whatever the batch
+    size, CPU or kernel choice. Loading needs only ``tensorflow`` (no Keras layer classes).
+    """
+
+    def __init__(self) -> None:
+        self._loaded: Any = None
+        self._function: Any = None
+        self._inputs: dict[str, str] = {}
+        self._output = ""
+        self._classes: list[Any] = []
+        self._task = "regression"
+        self._numeric: dict[str, bool] = {}
+
+    def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
+        import tensorflow as tf
+
+        device = tensorflow_device()
+        log.info(
+            f"TensorFlow {tf.__version__} runs the model on {device}",
+            extra=log_fields(device=device, tensorflow=tf.__version__),
+        )
+        spec = manifest.get("tensorflow") or {}
+        names = [feature["name"] for feature in manifest["features"]]
+        self._inputs = dict(spec.get("inputs") or {name: name for name in names})
+        if sorted(self._inputs) != sorted(names):
+            raise ModelLoadError(
+                f"the manifest's tensorflow.inputs name features {sorted(self._inputs)} but its "
+                f"features are {names}; re-export the model"
+            )
+        self._loaded = tf.saved_model.load(str(model_dir / manifest["model_file"]))
+        signature = spec.get("signature", "serving_default")
+        if signature not in self._loaded.signatures:
+            raise ModelLoadError(
+                f"the SavedModel has no signature {signature!r} (it has "
+                f"{sorted(self._loaded.signatures)}); re-export the model"
+            )
+        self._function = self._loaded.signatures[signature]
+        accepted = sorted(self._function.structured_input_signature[1])
+        if accepted != sorted(self._inputs.values()):
+            raise ModelLoadError(
+                f"signature {signature!r} takes inputs {accepted} but the manifest maps the "
+                f"features to {sorted(self._inputs.values())}; re-export the model"
+            )
+        outputs = sorted(self._function.structured_outputs)
+        self._output = spec.get("output", outputs[0] if len(outputs) == 1 else "")
+        if self._output not in outputs:
+            raise ModelLoadError(
+                f"signature {signature!r} has outputs {outputs}, not {self._output!r}; "
+                "re-export the model"
+            )
+        self._task = manifest["task"]
+        self._classes = list(manifest.get("target_classes") or [])
+        self.schema = Schema.from_manifest(manifest)
+        self._numeric = {feature.name: feature.numeric for feature in self.schema.features}
+
+    def preprocess(self, request: PredictRequest) -> dict[str, Any]:
+        return tensorflow_feed(request.columns, self._numeric, self._inputs)
+
+    def predict(self, inputs: dict[str, Any], request: PredictRequest) -> Any:
+        """The model's output as a float64 array: rows x classes, or rows x 1."""
+        return self._function(**inputs)[self._output].numpy()
+
+    def postprocess(self, outputs: Any, request: PredictRequest) -> list[Any]:
+        if self._task == "regression":
+            return format_regression(outputs.reshape(-1).tolist())
+        if outputs.shape[1] != len(self._classes):
+            raise ValueError(
+                f"the model gives {outputs.shape[1]} probabilities per row for "
+                f"{len(self._classes)} target classes"
+            )
+        labels = [self._classes[index] for index in outputs.argmax(axis=1).tolist()]
+        return format_classification(labels, outputs.tolist(), self._classes, request.output)
+
+
+PREDICTORS: dict[str, type[Predictor]] = {
+    "scikit-learn": SklearnPredictor,
+    "tensorflow": TensorFlowPredictor,
+}
 """Predictor class by the manifest's ``framework``."""
 
 
@@ -175,14 +309,14 @@ def load_predictor(model_dir: Path) -> tuple[Predictor, dict[str, Any]]:
         )
     model_file = manifest["model_file"]
     model_path = model_dir / model_file
-    if Path(model_file).name != model_file or not model_path.is_file():
+    if Path(model_file).name != model_file or not model_path.exists():
         raise ModelLoadError(f"model file {model_file!r} not found in {model_dir}")
-    actual = contract.sha256_file(model_path)
+    actual = contract.sha256_path(model_path)
     if actual != manifest["model_sha256"]:
         raise ModelLoadError(
             f"{model_path} has sha256 {actual} but {contract.MANIFEST_FILE} says "
             f"{manifest['model_sha256']}: the file changed after export (corrupt or tampered "
-            "copy); refusing to unpickle it. Re-export or re-upload the model directory"
+            "copy); refusing to unpickle or load it. Re-export or re-upload the model directory"
         )
     predictor = predictor_class()
     try:
