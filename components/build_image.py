@@ -27,9 +27,12 @@ Two builders:
   tailed from the staging bucket as it is written. Returns ``image@sha256:...``.
   ``cloud_build_request`` is the pure request construction (tested offline, field by field).
 
-Before either build the model's scikit-learn, numpy and pandas versions (from
-``model_manifest.json``) are compared with the serving image's pins: a model is never built
-into an image that would unpickle it with other library versions.
+The model's ``framework`` (from ``model_manifest.json``) is the ``FRAMEWORK`` build argument:
+``scikit-learn`` installs ``requirements.txt``, ``tensorflow`` adds
+``requirements-tensorflow.txt`` (tensorflow-cpu). Before either build the model's library
+versions (scikit-learn, numpy and pandas; or tensorflow, keras and numpy) are compared with
+the pins of those files: a model is never built into an image that would load it with other
+library versions. The GPU variant (``FRAMEWORK=tensorflow-gpu``) is a manual build for now.
 
 ``build_model_image`` picks the builder (``"auto"``: the local engine when one works, else
 Cloud Build when its settings are given); ``build_image`` is the KFP component around it.
@@ -42,7 +45,7 @@ import tarfile
 import tempfile
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -66,6 +69,10 @@ logger = logging.getLogger(__name__)
 BUILDERS = ("auto", "local", "cloud-build")
 PINNED_LIBRARIES = ("scikit-learn", "numpy", "pandas")
 """Libraries whose version must be the same in training and serving (the model is a pickle)."""
+FRAMEWORK_PINS = {"scikit-learn": PINNED_LIBRARIES, "tensorflow": ("tensorflow", "keras", "numpy")}
+"""Per model framework, the libraries whose training version the image must pin."""
+DISTRIBUTION_ALIASES = {"tensorflow-cpu": "tensorflow"}
+"""Requirement names that install another distribution's module (same version numbers)."""
 DEFAULT_IMAGE_NAME = "train-to-serve-model"
 LOCAL_REGISTRY = "localhost"
 LABEL_PREFIX = "io.train-to-serve"
@@ -312,20 +319,41 @@ def local_image_name(image_name: str, default_tag: str) -> str:
 
 # ------------------------------------------------------------- model checks --
 def read_pinned_requirements(path: Path) -> dict[str, str]:
-    """``name==version`` lines of a requirements file, by lower-case name."""
+    """``name==version`` lines of a requirements file, by lower-case name without extras
+    (``tensorflow[and-cuda]`` is ``tensorflow``; ``tensorflow-cpu`` too, by alias)."""
     pins = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         requirement = line.split("#", 1)[0].strip()
         name, sep, version = requirement.partition("==")
         if sep:
-            pins[name.strip().lower()] = version.strip()
+            name = name.split("[", 1)[0].strip().lower()
+            pins[DISTRIBUTION_ALIASES.get(name, name)] = version.strip()
     return pins
 
 
-def check_library_versions(manifest: Mapping[str, Any], requirements: Path) -> dict[str, str]:
-    """Compare the model's scikit-learn/numpy/pandas versions with the image's pins.
+def requirements_files(framework: str) -> list[Path]:
+    """The serving image's requirement files that ``FRAMEWORK=framework`` installs.
 
-    Returns the model's versions of ``PINNED_LIBRARIES``. A manifest without ``libraries``
+    Raises:
+        BuildImageInputError: a framework the serving image does not serve.
+    """
+    if framework not in FRAMEWORK_PINS:
+        raise BuildImageInputError(
+            f"the model's framework {framework!r} has no serving image; the image serves "
+            f"{sorted(FRAMEWORK_PINS)}: retrain with one of them"
+        )
+    source = ce.serving_image_dir()
+    extra = [] if framework == "scikit-learn" else [source / f"requirements-{framework}.txt"]
+    return [source / "requirements.txt", *extra]
+
+
+def check_library_versions(
+    manifest: Mapping[str, Any], requirements: Path | Sequence[Path]
+) -> dict[str, str]:
+    """Compare the model's library versions (``FRAMEWORK_PINS`` of its framework) with the
+    pins of the image's requirement files.
+
+    Returns the model's versions of those libraries. A manifest without ``libraries``
     (hand-made models) is logged and passes: the server's load-time self-check still guards it.
 
     Raises:
@@ -339,8 +367,10 @@ def check_library_versions(manifest: Mapping[str, Any], requirements: Path) -> d
             requirements,
         )
         return {}
-    pins = read_pinned_requirements(requirements)
-    versions = {name: str(libraries[name]) for name in PINNED_LIBRARIES if name in libraries}
+    files = [requirements] if isinstance(requirements, Path) else list(requirements)
+    pins = {name: v for path in files for name, v in read_pinned_requirements(path).items()}
+    pinned = FRAMEWORK_PINS.get(str(manifest.get("framework", "scikit-learn")), PINNED_LIBRARIES)
+    versions = {name: str(libraries[name]) for name in pinned if name in libraries}
     mismatched = {
         name: (version, pins.get(name, "unpinned"))
         for name, version in versions.items()
@@ -351,9 +381,9 @@ def check_library_versions(manifest: Mapping[str, Any], requirements: Path) -> d
             f"{name} {model} (image: {image})" for name, (model, image) in mismatched.items()
         )
         raise BuildImageInputError(
-            f"the model was trained with {listing}; the serving image ({requirements}) would "
-            "unpickle it with other versions. Retrain with the pinned versions, or change the "
-            "pins to the model's and rebuild"
+            f"the model was trained with {listing}; the serving image "
+            f"({', '.join(map(str, files))}) would load it with other versions. Retrain with "
+            "the pinned versions, or change the pins to the model's and rebuild"
         )
     return versions
 
@@ -379,7 +409,7 @@ def default_tag(manifest: Mapping[str, Any], bake_model: bool) -> str:
 def _prepare(model_dir: str | Path, bake_model: bool) -> tuple[dict[str, Any], dict[str, str]]:
     """Read the model's manifest, check its library versions; return it and the labels."""
     manifest = contract.read_manifest(model_dir)
-    versions = check_library_versions(manifest, ce.serving_image_dir() / "requirements.txt")
+    versions = check_library_versions(manifest, requirements_files(manifest["framework"]))
     return manifest, image_labels(manifest, bake_model, versions)
 
 
@@ -434,6 +464,7 @@ def build_local(
         base_image=base_image or None,
         on_line=on_line or (lambda line: logger.info("%s", line)),
         labels=labels,
+        framework=manifest["framework"],
     )
     name = tagged.rsplit(":", 1)[0]
     digest = _local_digest(engine, result.image_id, name)
@@ -703,7 +734,7 @@ def build_with_cloud_build(
         image,
         staging,
         context_object,
-        build_args={"BASE_IMAGE": base_image},
+        build_args={"BASE_IMAGE": base_image, "FRAMEWORK": manifest["framework"]},
         labels=labels,
         timeout_s=timeout_s,
         service_account=service_account,

@@ -737,8 +737,9 @@ def assemble_build_context(
 ) -> Path:
     """Lay out a serving-image build context in ``dest`` and return it.
 
-    ``dest`` gets the ``Dockerfile``, ``.dockerignore`` (when present), ``requirements.txt``
-    and the ``server/`` package from ``source_dir`` (default: ``serving_image_dir()``), and,
+    ``dest`` gets the ``Dockerfile``, ``.dockerignore`` (when present), the
+    ``requirements*.txt`` files (the ``FRAMEWORK`` build argument picks among them) and the
+    ``server/`` package from ``source_dir`` (default: ``serving_image_dir()``), and,
     when ``model_dir`` is given, a copy of it as ``model/`` (baked into the image at
     ``/model``). Without a model the image loads one from ``AIP_STORAGE_URI`` at start.
     ``dest`` must not exist or be empty.
@@ -754,7 +755,8 @@ def assemble_build_context(
         )
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source / "Dockerfile", out / "Dockerfile")
-    shutil.copy2(source / "requirements.txt", out / "requirements.txt")
+    for requirements in sorted(source.glob("requirements*.txt")):
+        shutil.copy2(requirements, out / requirements.name)
     if (source / ".dockerignore").is_file():
         shutil.copy2(source / ".dockerignore", out / ".dockerignore")
     shutil.copytree(
@@ -779,10 +781,21 @@ def build_serving_image(
     labels: Mapping[str, str] | None = None,
     source_dir: str | Path | None = None,
     timeout: float = 3600,
+    framework: str = "",
 ) -> BuildResult:
     """Assemble a context (``assemble_build_context``) in a temporary directory and build it
-    with ``BASE_IMAGE`` from ``choose_base_image`` unless ``base_image`` is given."""
-    args = {"BASE_IMAGE": base_image or choose_base_image(engine), **(build_args or {})}
+    with ``BASE_IMAGE`` from ``choose_base_image`` unless ``base_image`` is given, and
+    ``FRAMEWORK`` (the Dockerfile's choice of requirements) from ``framework``, else from
+    ``model_dir``'s manifest, else the Dockerfile's default (scikit-learn)."""
+    if not framework and model_dir is not None:
+        from serving_image.server import manifest
+
+        framework = str(manifest.read_manifest(model_dir)["framework"])
+    args = {
+        "BASE_IMAGE": base_image or choose_base_image(engine),
+        **({"FRAMEWORK": framework} if framework else {}),
+        **(build_args or {}),
+    }
     with tempfile.TemporaryDirectory(prefix="tts-context-") as scratch:
         context = assemble_build_context(
             Path(scratch) / "context", model_dir, source_dir=source_dir
