@@ -17,10 +17,11 @@ Inputs (§4.2): one or more files (paths or glob patterns), ``instances_format``
 ``key_field`` removes that field (column) from the instance sent and the output line carries
 ``"key"`` instead of ``"instance"``. ``included_fields`` / ``excluded_fields`` (one or the
 other) keep or drop fields of jsonl objects or csv columns before sending; with
-``included_fields`` the fields are sent in that order. Blank lines are skipped. A line that
-cannot be sent (malformed JSON or CSV, a non-number unquoted CSV value, a row whose length
-differs from the header, a missing key field) is never lost: it becomes an error line naming
-the file and line.
+``included_fields`` the fields are sent in that order (Vertex also copies excluded fields into
+the output line when there is no key field; this runner does not). Blank lines are skipped.
+A line that cannot be sent (malformed JSON or CSV, a non-number unquoted CSV value, a row
+whose length differs from the header, a missing key field) is never lost: it becomes an
+error line naming the file and line.
 
 Output (§4.4), in the output directory:
 
