@@ -26,6 +26,8 @@ import pytest
 
 from components import container_engine as ce
 
+pytest_plugins = ["reliability_figures"]  # the `figures` fixture and its terminal summary
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
 SERVER_ROUTES = {
