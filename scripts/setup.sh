@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the project's virtualenv (.venv) and install the project with its serve, dev and
-# tensorflow extras (TensorFlow: ~20 s more from a warm pip cache, ~600 MB in the venv).
+# tensorflow extras (TensorFlow: ~20 s more to install from a warm cache, ~1.3 GB in the venv).
 # Idempotent: reinstalls only when pyproject.toml or the extras changed since the last install.
 # Settings: PYTHON (interpreter to build the venv from; default python3.11, else python3), VENV (.venv).
 set -Eeuo pipefail
