@@ -52,6 +52,16 @@ LOCAL_STAND_INS = {
 }
 """What the local backend runs in place of GCPC's upload, endpoint/deploy and batch ops."""
 BACKENDS = ("vertex", "local")
+TRAINING_PARAMETERS = (
+    "data",
+    "target",
+    "task",
+    "feature_columns",
+    "estimator",
+    "hyperparameters",
+    "seed",
+)
+"""Pipeline parameters passed on to ``train`` unchanged, the same in both backends."""
 LOCAL_PIPELINE_NAME = f"{PIPELINE_NAME}-local"
 DISPLAY_NAME_HINT = "letters, digits, spaces, '-', '_' and '.' only"
 
@@ -214,17 +224,10 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             batch_replica_count: replicas of the batch job (batch does not autoscale).
             batch_size: instances per request to the container (Vertex's default is 64).
         """
+        arguments = locals()
         checked, gate = _train_build_check_gate(
             ours,
-            training={
-                "data": data,
-                "target": target,
-                "task": task,
-                "feature_columns": feature_columns,
-                "estimator": estimator,
-                "hyperparameters": hyperparameters,
-                "seed": seed,
-            },
+            training={name: arguments[name] for name in TRAINING_PARAMETERS},
             build={
                 "image_name": image_name,
                 "project": project,
@@ -331,17 +334,10 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
             batch_instances_format: ``jsonl`` or ``csv``.
             batch_size: instances per request to the container (Vertex's default is 64).
         """
+        arguments = locals()
         checked, gate = _train_build_check_gate(
             ours,
-            training={
-                "data": data,
-                "target": target,
-                "task": task,
-                "feature_columns": feature_columns,
-                "estimator": estimator,
-                "hyperparameters": hyperparameters,
-                "seed": seed,
-            },
+            training={name: arguments[name] for name in TRAINING_PARAMETERS},
             build={"image_name": image_name, "builder": "local"},
             gate_metric=gate_metric,
             gate_threshold=gate_threshold,

@@ -126,6 +126,39 @@ def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
     assert not {"train", "build-image", "contract-check", "evaluation-gate"} & inside
 
 
+def test_the_local_backend_compiles_the_same_dag_with_the_stand_ins(tmp_path: Path) -> None:
+    from kfp import compiler
+
+    from pipelines.train_to_serve import build_pipeline
+
+    compiler.Compiler().compile(build_pipeline(backend="local"), str(tmp_path / "local.yaml"))
+    local = yaml.safe_load((tmp_path / "local.yaml").read_text())
+    tasks = _tasks(local)
+    first_half = {"train", "build-image", "contract-check", "evaluation-gate"}
+    upload, deploy, batch = "local-model-upload", "local-model-deploy", "local-batch-predict"
+    assert set(tasks) == first_half | {upload, deploy, batch} | {
+        n for n, t in tasks.items() if n.startswith("condition")
+    }
+    assert first_half <= _upstream(tasks, upload)
+    for task in (deploy, batch):
+        assert upload in _upstream(tasks, task)
+    assert deploy not in _upstream(tasks, batch) and batch not in _upstream(tasks, deploy)
+    inside = {n for n, t in tasks.items() if t["group"] != "root"}
+    assert {upload, deploy, batch} <= inside and not first_half & inside
+    checked = tasks[upload]["inputs"]["artifacts"]["unmanaged_container_model"]
+    # inside the gate's condition group, passed in from the contract check's output
+    assert checked == {
+        "componentInputArtifact": "pipelinechannel--contract-check-unmanaged_container_model"
+    }
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    from pipelines.train_to_serve import build_pipeline
+
+    with pytest.raises(ValueError, match="unknown backend 'kubeflow'"):
+        build_pipeline(backend="kubeflow")
+
+
 def test_parameters(spec: dict) -> None:
     params = spec["root"]["inputDefinitions"]["parameters"]
     required = sorted(n for n, p in params.items() if "defaultValue" not in p)
