@@ -47,12 +47,20 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
             "a summary, also written as summary.json in the run's directory."
         ),
     )
+    parser.add_argument(
+        "--framework",
+        default="scikit-learn",
+        choices=["scikit-learn", "tensorflow"],
+        help="scikit-learn Pipeline, or a Keras model with its preprocessing layers",
+    )
     parser.add_argument("--data", default="penguins", help="CSV/Parquet path or URI, or 'penguins'")
     parser.add_argument("--target", default="", help="column to predict (default: species)")
     parser.add_argument(
         "--task", default="classification", choices=["classification", "regression"]
     )
-    parser.add_argument("--estimator", default="auto", help="estimator name, or 'auto'")
+    parser.add_argument(
+        "--estimator", default="auto", help="estimator name, or 'auto' (tensorflow: 'mlp')"
+    )
     parser.add_argument(
         "--hyperparameters", type=_json_object, default={}, help="JSON, e.g. '{\"C\": 0.5}'"
     )
@@ -104,6 +112,7 @@ def _run_local(args: argparse.Namespace) -> int:
     summary = run_local(
         LocalRunOptions(
             output_dir=args.output_dir,
+            framework=args.framework,
             data=args.data,
             target=args.target,
             task=args.task,

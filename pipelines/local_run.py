@@ -62,6 +62,7 @@ class LocalRunOptions:
     """What ``compile.py run-local`` passes; defaults train a classifier on penguins."""
 
     output_dir: Path = Path("outputs")
+    framework: str = "scikit-learn"
     data: str = "penguins"
     target: str = ""
     task: str = "classification"
@@ -202,6 +203,7 @@ def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str,
     train, check = out["train"], out["contract-check"]
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
+        "framework": train.get("model", {}).get("metadata", {}).get("framework"),
         "model_dir": _uri_path(train.get("model", {}).get("uri", "")),
         "metrics": train.get("metrics", {}).get("metadata", {}),
         "image": out["build-image"].get("image_uri"),
@@ -278,6 +280,7 @@ def run_local(options: LocalRunOptions, out: TextIO | None = None) -> dict[str, 
         "endpoints_dir": str(root / "endpoints"),
         "batch_instances": instances,
         "batch_output_dir": str(root / "batch-predictions"),
+        "framework": options.framework,
         "data": options.data,
         "target": options.target,
         "task": options.task,
@@ -327,7 +330,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a few lines a person reads at the end of the run."""
     lines = [f"run: {summary['run_dir']}"]
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
-    lines.append(f"model: {summary['model_dir']} ({metrics})")
+    lines.append(f"model ({summary['framework']}): {summary['model_dir']} ({metrics})")
     lines.append(f"image: {summary['image']}")
     verdict = summary["contract_check"].get("passed")
     lines.append(

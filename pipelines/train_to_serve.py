@@ -53,6 +53,7 @@ LOCAL_STAND_INS = {
 """What the local backend runs in place of GCPC's upload, endpoint/deploy and batch ops."""
 BACKENDS = ("vertex", "local")
 TRAINING_PARAMETERS = (
+    "framework",
     "data",
     "target",
     "task",
@@ -166,6 +167,7 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
         batch_output_uri_prefix: str,
         batch_gcs_source_uris: list = [],  # noqa: B006
         location: str = "us-central1",
+        framework: str = "scikit-learn",
         data: str = "penguins",
         target: str = "",
         task: str = "classification",
@@ -204,6 +206,8 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             batch_gcs_source_uris: gs:// input files for batch prediction (jsonl or csv).
             batch_output_uri_prefix: gs:// folder for batch prediction results.
             location: region for the image, model, endpoint and batch job (keep all in one).
+            framework: ``scikit-learn`` or ``tensorflow`` (Keras, preprocessing in the model);
+                the image build follows the model's framework.
             data, target, task, feature_columns, estimator, hyperparameters, seed: training.
             image_repository: Artifact Registry repository (in ``location``) for the image.
             image_name: image name inside that repository.
@@ -301,6 +305,7 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
         endpoints_dir: str,
         batch_instances: str,
         batch_output_dir: str,
+        framework: str = "scikit-learn",
         data: str = "penguins",
         target: str = "",
         task: str = "classification",
@@ -324,6 +329,8 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
             endpoints_dir: directory of the local endpoint records (kept across runs).
             batch_instances: local jsonl or csv file(s) (a path or a glob) to predict.
             batch_output_dir: results go to ``prediction-<model>-<time>/`` inside it.
+            framework: ``scikit-learn`` or ``tensorflow`` (Keras, preprocessing in the model);
+                the image build follows the model's framework.
             data, target, task, feature_columns, estimator, hyperparameters, seed: training.
             image_name: local image name (``name[:tag]``) for the serving image.
             gate_metric, gate_threshold: the evaluation gate, as in the Vertex pipeline.

@@ -161,6 +161,37 @@ def test_a_retrain_becomes_version_2_and_replaces_the_endpoint(
     assert [e.resource_name for e in remaining] == [summary["endpoint"]["resourceName"]]
 
 
+@pytest.mark.container
+def test_a_tensorflow_model_goes_the_same_way_end_to_end(
+    tmp_path: Path, engine: ce.Engine, output_dir: Path
+) -> None:
+    instances = output_dir / "batch-input" / "penguins.jsonl"  # written by the first run
+    if not instances.exists():
+        run_local(output_dir)
+    result = run_local(tmp_path, "--framework", "tensorflow", "--batch-instances", str(instances))
+    try:
+        assert result.returncode == 0, failure_details(result, tmp_path)
+        summary = read_summary(result.stdout)
+        assert summary["framework"] == "tensorflow"
+        assert summary["contract_check"]["passed"] == 1.0
+        assert summary["gate_passed"] is True
+        assert (Path(summary["model_dir"]) / "saved_model").is_dir()
+        batch = summary["batch"]
+        assert batch["prediction_lines"] == 344 and batch["error_lines"] == 0
+        endpoint_id = summary["endpoint"]["resourceName"].rsplit("/", 1)[-1]
+        model_dir = Path(summary["model_dir"])
+        answer = le.predict(
+            endpoint_id,
+            manifest.read_jsonl(model_dir / manifest.INSTANCES_FILE),
+            endpoints_dir=tmp_path / "endpoints",
+        )
+        expected = manifest.read_jsonl(model_dir / manifest.EXPECTED_FILE)
+        assert [p["label"] for p in answer["predictions"]] == [e["label"] for e in expected]
+    finally:
+        for endpoint in le.list_endpoints(tmp_path / "endpoints"):
+            le.undeploy(endpoint.endpoint_id, endpoints_dir=tmp_path / "endpoints")
+
+
 def test_without_a_container_engine_it_stops_before_training_and_says_what_to_do(
     tmp_path: Path,
 ) -> None:
