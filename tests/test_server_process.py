@@ -79,16 +79,6 @@ def test_a_tampered_model_is_refused_before_unpickling(
     assert not evidence.exists()
 
 
-def test_a_missing_model_directory_keeps_health_503_with_the_reason(
-    start_server: StartServer, tmp_path: Path
-) -> None:
-    server = start_server(str(tmp_path / "nowhere"))
-    server.wait_for_log(lambda e: e["severity"] == "ERROR")
-    health = server.health()
-    assert health.status_code == 503
-    assert "does not exist" in health.json()["error"]
-
-
 @pytest.fixture
 def scripted_server(start_server: StartServer, scripted_model_dir: Path) -> ServerProcess:
     """The scripted regressor behind one worker, default routes, a 10 s grace period and

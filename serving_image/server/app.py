@@ -162,7 +162,7 @@ class ServingApp:
 
 def create_app(config: Config, runtime_dir: Path) -> ServingApp:
     """The app for one worker process; ``runtime_dir`` is shared by the container's workers."""
-    return ServingApp(config, ModelState(config.model_source, runtime_dir))
+    return ServingApp(config, ModelState(config.model_source, runtime_dir, config.storage_retry_s))
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

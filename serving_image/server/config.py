@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .storage import DEFAULT_RETRY_S
+
 DEFAULT_PORT = 8080
 DEFAULT_HEALTH_ROUTE = "/health"
 DEFAULT_PREDICT_ROUTE = "/predict"
@@ -69,6 +71,9 @@ class Config:
     """``SERVING_LOAD_WAIT_S``: how long a prediction sent to a worker whose model is still
     loading waits for it before answering 503. Health turns 200 as soon as one worker is
     ready, so Vertex may route to a sibling (or a freshly replaced worker) still loading."""
+    storage_retry_s: int = DEFAULT_RETRY_S
+    """``SERVING_STORAGE_RETRY_S``: how long a ``gs://`` model download retries transient
+    failures (unreachable host, 5xx, 429) before the load fails with the reason."""
     access_log: bool = False
     """``SERVING_ACCESS_LOG``: one log line per request when true."""
     log_level: str = "info"
@@ -105,6 +110,7 @@ class Config:
             ),
             keep_alive_s=reader.integer("SERVING_KEEP_ALIVE_S", DEFAULT_KEEP_ALIVE_S, minimum=1),
             load_wait_s=reader.integer("SERVING_LOAD_WAIT_S", DEFAULT_LOAD_WAIT_S, minimum=0),
+            storage_retry_s=reader.integer("SERVING_STORAGE_RETRY_S", DEFAULT_RETRY_S, minimum=1),
             access_log=reader.boolean("SERVING_ACCESS_LOG", False),
             log_level=reader.choice("SERVING_LOG_LEVEL", "info", LOG_LEVELS),
         )

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .logs import log_fields
 from .predictor import ModelLoadError, Predictor, load_predictor
-from .storage import StorageError, local_model_dir
+from .storage import DEFAULT_RETRY_S, StorageError, local_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,10 @@ FAILURE_MARKER = "load-failure-reported"
 class ModelState:
     """This worker's model: ``predictor`` is set once loaded, ``error`` once failed."""
 
-    def __init__(self, source: str, runtime_dir: Path) -> None:
+    def __init__(self, source: str, runtime_dir: Path, retry_s: int = DEFAULT_RETRY_S) -> None:
         self.source = source
         self.runtime_dir = runtime_dir
+        self.retry_s = retry_s
         self.predictor: Predictor | None = None
         self.error: str | None = None
 
@@ -62,7 +63,7 @@ class ModelState:
     def load(self) -> None:
         """Fetch, verify and load the model; record the predictor or the error."""
         try:
-            model_dir = local_model_dir(self.source, self.runtime_dir)
+            model_dir = local_model_dir(self.source, self.runtime_dir, retry_s=self.retry_s)
             predictor, summary = load_predictor(model_dir)
         except (ModelLoadError, StorageError) as exc:
             self._fail(str(exc), unexpected=None)

@@ -24,22 +24,27 @@ from .logs import log_fields
 log = logging.getLogger(__name__)
 
 GCS_SCHEME = "gs://"
+DEFAULT_RETRY_S = 120
+"""How long transient Cloud Storage failures are retried (the client library's default)."""
 
 
 class StorageError(RuntimeError):
     """The model directory cannot be found or fetched; the message says where and why."""
 
 
-def local_model_dir(source: str, download_root: Path, client: Any = None) -> Path:
+def local_model_dir(
+    source: str, download_root: Path, client: Any = None, retry_s: int = DEFAULT_RETRY_S
+) -> Path:
     """Return a local directory holding the model files from ``source``.
 
     Args:
         source: ``gs://bucket/prefix`` or a local directory path.
         download_root: where ``gs://`` content is downloaded (shared by the workers).
         client: a ``google.cloud.storage.Client``; created with default credentials if None.
+        retry_s: how long transient Cloud Storage failures are retried.
     """
     if source.startswith(GCS_SCHEME):
-        return download_gcs_dir(source, download_root / "model", client)
+        return download_gcs_dir(source, download_root / "model", client, retry_s)
     path = Path(source)
     if not path.is_dir():
         raise StorageError(
@@ -50,22 +55,32 @@ def local_model_dir(source: str, download_root: Path, client: Any = None) -> Pat
     return path
 
 
-def download_gcs_dir(uri: str, dest: Path, client: Any = None) -> Path:
-    """Download every object under the ``gs://`` prefix ``uri`` into ``dest``, once."""
+def download_gcs_dir(
+    uri: str, dest: Path, client: Any = None, retry_s: int = DEFAULT_RETRY_S
+) -> Path:
+    """Download every object under the ``gs://`` prefix ``uri`` into ``dest``, once.
+
+    A failure to reach or read the bucket (after retrying transient ones for ``retry_s``)
+    raises ``StorageError`` with the last cause in one line, not a library traceback.
+    """
+    # Heavy imports, only needed for gs://.
+    from google.api_core.exceptions import GoogleAPIError, RetryError
+    from google.auth.exceptions import GoogleAuthError
+    from google.cloud import storage
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     bucket_name, _, prefix = uri[len(GCS_SCHEME) :].partition("/")
     prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    retry = DEFAULT_RETRY.with_timeout(retry_s)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(dest.parent / f"{dest.name}.lock"):
         if dest.is_dir():  # another worker finished the download (the rename is the last step)
             return dest
-        if client is None:
-            from google.cloud import storage  # heavy import, only needed for gs://
-
-            client = storage.Client()
         staging = Path(tempfile.mkdtemp(prefix=f"{dest.name}.partial-", dir=dest.parent))
         try:
+            client = client or storage.Client()
             count = 0
-            for blob in client.list_blobs(bucket_name, prefix=prefix):
+            for blob in client.list_blobs(bucket_name, prefix=prefix, retry=retry):
                 relative = blob.name[len(prefix) :]
                 if not relative or relative.endswith("/"):  # folder placeholder objects
                     continue
@@ -73,11 +88,20 @@ def download_gcs_dir(uri: str, dest: Path, client: Any = None) -> Path:
                     raise StorageError(f"refusing object name {blob.name!r} in {uri}")
                 target = staging / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                blob.download_to_filename(str(target))
+                blob.download_to_filename(str(target), retry=retry)
                 count += 1
             if count == 0:
                 raise StorageError(f"{uri} holds no objects; is it the model directory?")
             staging.rename(dest)
+        except (GoogleAPIError, GoogleAuthError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            cause = exc.cause if isinstance(exc, RetryError) and exc.cause else exc
+            retried = f" (retried for {retry_s:g} s)" if cause is not exc else ""
+            raise StorageError(
+                f"cannot download the model from {uri}{retried}: {type(cause).__name__}: "
+                f"{cause}. Check that the bucket exists, that the serving service account can "
+                "read it and that the network reaches Cloud Storage"
+            ) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
