@@ -32,7 +32,9 @@ The model's ``framework`` (from ``model_manifest.json``) is the ``FRAMEWORK`` bu
 ``requirements-tensorflow.txt`` (tensorflow-cpu). Before either build the model's library
 versions (scikit-learn, numpy and pandas; or tensorflow, keras and numpy) are compared with
 the pins of those files: a model is never built into an image that would load it with other
-library versions. The GPU variant (``FRAMEWORK=tensorflow-gpu``) is a manual build for now.
+library versions. ``gpu=True`` builds a TensorFlow model's GPU variant
+(``FRAMEWORK=tensorflow-gpu``, ``requirements-tensorflow-gpu.txt``: TensorFlow with CUDA) for
+the pipeline's GPU batch prediction job.
 
 ``build_model_image`` picks the builder (``"auto"``: the local engine when one works, else
 Cloud Build when its settings are given); ``build_image`` is the KFP component around it.
@@ -69,7 +71,11 @@ logger = logging.getLogger(__name__)
 BUILDERS = ("auto", "local", "cloud-build")
 PINNED_LIBRARIES = ("scikit-learn", "numpy", "pandas")
 """Libraries whose version must be the same in training and serving (the model is a pickle)."""
-FRAMEWORK_PINS = {"scikit-learn": PINNED_LIBRARIES, "tensorflow": ("tensorflow", "keras", "numpy")}
+FRAMEWORK_PINS = {
+    "scikit-learn": PINNED_LIBRARIES,
+    "tensorflow": ("tensorflow", "keras", "numpy"),
+    "tensorflow-gpu": ("tensorflow", "keras", "numpy"),
+}
 """Per model framework, the libraries whose training version the image must pin."""
 DISTRIBUTION_ALIASES = {"tensorflow-cpu": "tensorflow"}
 """Requirement names that install another distribution's module (same version numbers)."""
@@ -401,16 +407,36 @@ def image_labels(
     return labels
 
 
-def default_tag(manifest: Mapping[str, Any], bake_model: bool) -> str:
-    """``model-<first 12 of the model's sha256>`` for a baked image, else ``latest``."""
-    return f"model-{str(manifest['model_sha256'])[:12]}" if bake_model else "latest"
+def default_tag(manifest: Mapping[str, Any], bake_model: bool, gpu: bool = False) -> str:
+    """``model-<first 12 of the model's sha256>`` for a baked image, else ``latest``;
+    ``-gpu`` appended for the GPU variant."""
+    tag = f"model-{str(manifest['model_sha256'])[:12]}" if bake_model else "latest"
+    return f"{tag}-gpu" if gpu else tag
 
 
-def _prepare(model_dir: str | Path, bake_model: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """Read the model's manifest, check its library versions; return it and the labels."""
+def image_framework(framework: str, gpu: bool) -> str:
+    """The ``FRAMEWORK`` build argument for a model of ``framework``.
+
+    ``gpu`` asks for the image that uses a GPU when one is attached (a Vertex GPU batch
+    job): ``tensorflow-gpu`` (TensorFlow with CUDA) for TensorFlow models. scikit-learn
+    never uses a GPU, so its image is the same either way (logged).
+    """
+    if gpu and framework == "tensorflow":
+        return "tensorflow-gpu"
+    if gpu:
+        logger.info("%s does not use GPUs: the GPU variant is the CPU image", framework)
+    return framework
+
+
+def _prepare(
+    model_dir: str | Path, bake_model: bool, gpu: bool
+) -> tuple[dict[str, Any], dict[str, str], str]:
+    """Read the model's manifest and check its library versions against the image's pins;
+    return the manifest, the image labels and the ``FRAMEWORK`` build argument."""
     manifest = contract.read_manifest(model_dir)
-    versions = check_library_versions(manifest, requirements_files(manifest["framework"]))
-    return manifest, image_labels(manifest, bake_model, versions)
+    framework = image_framework(str(manifest["framework"]), gpu)
+    versions = check_library_versions(manifest, requirements_files(framework))
+    return manifest, image_labels(manifest, bake_model, versions), framework
 
 
 # -------------------------------------------------------------------- local --
@@ -430,6 +456,7 @@ def build_local(
     image_name: str = DEFAULT_IMAGE_NAME,
     *,
     bake_model: bool = True,
+    gpu: bool = False,
     engine: ce.Engine | None = None,
     base_image: str = "",
     on_line: Callable[[str], None] | None = None,
@@ -442,7 +469,9 @@ def build_local(
             tag is ``default_tag(...)``.
         bake_model: copy the model into the image at ``/model`` (default), or build the
             runtime image that loads it from ``AIP_STORAGE_URI``.
-        engine: the engine to use; default ``container_engine.detect_engine()``.
+        engine: the engine to use; default ``container_engine.detect_engine()``. In process
+            mode nothing is built: the reference is ``process:serving_image@<model sha256
+            prefix>`` and the digest ``""``.
         base_image: ``BASE_IMAGE``; default ``container_engine.choose_base_image(engine)``.
         on_line: called with each line of build output; default: log each at INFO.
 
@@ -454,9 +483,14 @@ def build_local(
         container_engine.BuildError: the build failed; holds the failing step's output.
         BuildImageInputError / manifest.ManifestError: bad name or model directory.
     """
-    manifest, labels = _prepare(model_dir, bake_model)
-    tagged = local_image_name(image_name, default_tag(manifest, bake_model))
+    manifest, labels, framework = _prepare(model_dir, bake_model, gpu)
+    tagged = local_image_name(image_name, default_tag(manifest, bake_model, gpu))
     engine = engine or ce.detect_engine()
+    if engine.name == ce.PROCESS:  # process mode: the server runs from this checkout
+        from components.server_process import image_reference
+
+        logger.info("process mode: no image is built; the server runs as a local process")
+        return BuiltImage(image_reference(manifest), "", ce.PROCESS, 0.0)
     result = ce.build_serving_image(
         engine,
         tagged,
@@ -464,7 +498,7 @@ def build_local(
         base_image=base_image or None,
         on_line=on_line or (lambda line: logger.info("%s", line)),
         labels=labels,
-        framework=manifest["framework"],
+        framework=framework,
     )
     name = tagged.rsplit(":", 1)[0]
     digest = _local_digest(engine, result.image_id, name)
@@ -653,6 +687,7 @@ def build_with_cloud_build(
     staging_bucket: str,
     repository: str = "",
     bake_model: bool = True,
+    gpu: bool = False,
     base_image: str = ce.REGISTRY_BASE_IMAGE,
     timeout_s: int = CLOUD_BUILD_TIMEOUT_S,
     service_account: str = "",
@@ -702,13 +737,13 @@ def build_with_cloud_build(
     from google.cloud.devtools import cloudbuild_v1
 
     emit = on_line or (lambda line: logger.info("%s", line))
-    manifest, labels = _prepare(model_dir, bake_model)
+    manifest, labels, framework = _prepare(model_dir, bake_model, gpu)
     image = artifact_registry_image(
         image_name,
         project=project,
         location=location,
         repository=repository,
-        default_tag=default_tag(manifest, bake_model),
+        default_tag=default_tag(manifest, bake_model, gpu),
     )
     staging = parse_staging_bucket(staging_bucket)
     started = time.monotonic()
@@ -734,7 +769,7 @@ def build_with_cloud_build(
         image,
         staging,
         context_object,
-        build_args={"BASE_IMAGE": base_image, "FRAMEWORK": manifest["framework"]},
+        build_args={"BASE_IMAGE": base_image, "FRAMEWORK": framework},
         labels=labels,
         timeout_s=timeout_s,
         service_account=service_account,
@@ -787,6 +822,7 @@ def build_model_image(
     *,
     builder: str = "auto",
     bake_model: bool = True,
+    gpu: bool = False,
     project: str = "",
     location: str = "",
     repository: str = "",
@@ -822,13 +858,19 @@ def build_model_image(
         builder = "local" if engine else "cloud-build"
     if builder == "local":
         return build_local(
-            model_dir, image_name, bake_model=bake_model, engine=engine, base_image=base_image
+            model_dir,
+            image_name,
+            bake_model=bake_model,
+            gpu=gpu,
+            engine=engine,
+            base_image=base_image,
         )
     return build_with_cloud_build(
         model_dir,
         image_name,
         repository=repository,
         bake_model=bake_model,
+        gpu=gpu,
         service_account=service_account,
         base_image=base_image or ce.REGISTRY_BASE_IMAGE,
         **cloud_settings,
@@ -841,6 +883,7 @@ def build_image(
     image_name: str = "train-to-serve-model",  # literal: KFP captures only the function
     builder: str = "auto",
     bake_model: bool = True,
+    gpu: bool = False,
     project: str = "",
     location: str = "",
     repository: str = "",
@@ -872,6 +915,9 @@ def build_image(
             ``"cloud-build"``.
         bake_model: bake the model into the image (default) or load it from
             ``AIP_STORAGE_URI``.
+        gpu: build the variant that uses an attached GPU (for a GPU batch prediction job):
+            TensorFlow with CUDA for a TensorFlow model (tag suffix ``-gpu``); a
+            scikit-learn model's image is the same either way.
         project: Google Cloud project for Cloud Build and Artifact Registry.
         location: the pipeline's region; the Artifact Registry repository must be there.
         repository: Artifact Registry Docker repository (when ``image_name`` is bare).
@@ -894,6 +940,7 @@ def build_image(
         image_name,
         builder=builder,
         bake_model=bake_model,
+        gpu=gpu,
         project=project,
         location=location,
         repository=repository,

@@ -2,7 +2,8 @@
 
 train -> build image -> contract check -> evaluation gate -> upload (a new version of an
 existing model, or a new model) -> in parallel: deploy to an endpoint, and a batch
-prediction job (on a GPU on Vertex).
+prediction job (on a GPU on Vertex; a TensorFlow model's job runs the GPU variant of its
+image).
 
 One factory, ``build_pipeline(components_image, backend)``, defines both variants from the
 same first half (``_train_build_check_gate``); only the three Vertex resource steps differ:
@@ -113,13 +114,13 @@ def _train_build_check_gate(
     build: dict[str, Any],
     gate_metric: Any,
     gate_threshold: Any,
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, Any]:
     """The first half, shared by both backends: train, build, check, and the gate.
 
-    Returns the contract-check task (its ``unmanaged_container_model`` feeds upload) and the
-    gate task (upload and what follows run inside ``dsl.If(gate.output == True)``). The gate
-    runs after the check so that a model that would fail on Vertex stops the run even when
-    its metrics are good.
+    Returns the train task, the contract-check task (its ``unmanaged_container_model`` feeds
+    upload) and the gate task (upload and what follows run inside
+    ``dsl.If(gate.output == True)``). The gate runs after the check so that a model that
+    would fail on Vertex stops the run even when its metrics are good.
     """
     trained = ours["train"](**training)
     built = ours["build_image"](model=trained.outputs["model"], **build)
@@ -130,7 +131,7 @@ def _train_build_check_gate(
         metrics=trained.outputs["metrics"], metric=gate_metric, threshold=gate_threshold
     )
     gate.after(checked)
-    return checked, gate
+    return trained, checked, gate
 
 
 def build_pipeline(components_image: str = COMPONENTS_IMAGE, backend: str = "vertex") -> Any:
@@ -229,16 +230,17 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             batch_size: instances per request to the container (Vertex's default is 64).
         """
         arguments = locals()
-        checked, gate = _train_build_check_gate(
+        build = {
+            "image_name": image_name,
+            "project": project,
+            "location": location,
+            "repository": image_repository,
+            "staging_bucket": staging_bucket,
+        }
+        trained, checked, gate = _train_build_check_gate(
             ours,
             training={name: arguments[name] for name in TRAINING_PARAMETERS},
-            build={
-                "image_name": image_name,
-                "project": project,
-                "location": location,
-                "repository": image_repository,
-                "staging_bucket": staging_bucket,
-            },
+            build=build,
             gate_metric=gate_metric,
             gate_threshold=gate_threshold,
         )
@@ -270,24 +272,38 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
                 dedicated_resources_max_replica_count=deploy_max_replicas,
                 traffic_split=deploy_traffic_split,
             )
-            ModelBatchPredictOp(
-                project=project,
-                location=location,
-                job_display_name=model_display_name,
-                model=model,
-                instances_format=batch_instances_format,
-                predictions_format=batch_predictions_format,
-                gcs_source_uris=batch_gcs_source_uris,
-                bigquery_source_input_uri=batch_bigquery_source,
-                gcs_destination_output_uri_prefix=batch_output_uri_prefix,
-                bigquery_destination_output_uri=batch_bigquery_destination,
-                machine_type=batch_machine_type,
-                accelerator_type=batch_accelerator_type,
-                accelerator_count=batch_accelerator_count,
-                starting_replica_count=batch_replica_count,
-                max_replica_count=batch_replica_count,
-                manual_batch_tuning_parameters_batch_size=batch_size,
-            )
+            batch_job = {
+                "project": project,
+                "location": location,
+                "job_display_name": model_display_name,
+                "instances_format": batch_instances_format,
+                "predictions_format": batch_predictions_format,
+                "gcs_source_uris": batch_gcs_source_uris,
+                "bigquery_source_input_uri": batch_bigquery_source,
+                "gcs_destination_output_uri_prefix": batch_output_uri_prefix,
+                "bigquery_destination_output_uri": batch_bigquery_destination,
+                "machine_type": batch_machine_type,
+                "accelerator_type": batch_accelerator_type,
+                "accelerator_count": batch_accelerator_count,
+                "starting_replica_count": batch_replica_count,
+                "max_replica_count": batch_replica_count,
+                "manual_batch_tuning_parameters_batch_size": batch_size,
+            }
+            # A TensorFlow model's batch job runs the GPU variant of its image (TensorFlow
+            # with CUDA), contract-checked like the first; the endpoint keeps the CPU image.
+            # The job takes the checked image as an UnmanagedContainerModel (GCPC's
+            # alternative to a registry model), so the registry holds one image per version.
+            with dsl.If(framework == "tensorflow", name="gpu-image-for-batch"):
+                gpu_built = ours["build_image"](model=trained.outputs["model"], gpu=True, **build)
+                gpu_checked = ours["contract_check"](
+                    image_uri=gpu_built.outputs["image_uri"], model=trained.outputs["model"]
+                )
+                ModelBatchPredictOp(
+                    unmanaged_container_model=gpu_checked.outputs["unmanaged_container_model"],
+                    **batch_job,
+                )
+            with dsl.Else(name="model-image-for-batch"):
+                ModelBatchPredictOp(model=model, **batch_job)
 
     return train_to_serve
 
@@ -342,7 +358,7 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
             batch_size: instances per request to the container (Vertex's default is 64).
         """
         arguments = locals()
-        checked, gate = _train_build_check_gate(
+        _, checked, gate = _train_build_check_gate(
             ours,
             training={name: arguments[name] for name in TRAINING_PARAMETERS},
             build={"image_name": image_name, "builder": "local"},

@@ -698,3 +698,17 @@ def test_the_component_builds_under_kfp_local(
     log = capfd.readouterr().out
     assert "STEP 1/" in log or "#1 [" in log  # the engine's step lines reach the task's log
     assert f"built {baked.reference}" in log
+
+
+def test_the_gpu_variant_is_tensorflow_with_cuda_and_scikit_learn_stays_on_cpu() -> None:
+    assert bi.image_framework("tensorflow", gpu=True) == "tensorflow-gpu"
+    assert bi.image_framework("tensorflow", gpu=False) == "tensorflow"
+    assert bi.image_framework("scikit-learn", gpu=True) == "scikit-learn"
+    gpu_files = [p.name for p in bi.requirements_files("tensorflow-gpu")]
+    assert gpu_files == ["requirements.txt", "requirements-tensorflow-gpu.txt"]
+    pins = bi.read_pinned_requirements(bi.requirements_files("tensorflow-gpu")[1])
+    cpu_pins = bi.read_pinned_requirements(bi.requirements_files("tensorflow")[1])
+    assert pins["tensorflow"] == cpu_pins["tensorflow"] and pins["keras"] == cpu_pins["keras"]
+    manifest = {"model_sha256": "ab" * 32}
+    assert bi.default_tag(manifest, bake_model=True, gpu=True) == "model-abababababab-gpu"
+    assert bi.default_tag(manifest, bake_model=False) == "latest"

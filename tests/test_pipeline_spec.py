@@ -104,15 +104,39 @@ def test_dag_order(spec: dict) -> None:
             tasks, upload
         )
     assert {"train", "build-image"} <= _upstream(tasks, "contract-check")
-    deploy, batch = "model-deploy", "model-batch-predict"
+    deploy, batch, gpu_batch = "model-deploy", "model-batch-predict-2", "model-batch-predict"
     for task in (deploy, batch):
         assert "evaluation-gate" in _upstream(tasks, task)
         # upload feeds both, through dsl.OneOf of the two upload branches
         model_input = tasks[task]["inputs"]["artifacts"]["model"]
         assert "taskOutputArtifact" in model_input or "componentInputArtifact" in model_input
-    assert deploy not in _upstream(tasks, batch)
-    assert batch not in _upstream(tasks, deploy)
+    for one, other in [(deploy, batch), (deploy, gpu_batch)]:
+        assert one not in _upstream(tasks, other) and other not in _upstream(tasks, one)
     assert "endpoint-create" not in _upstream(tasks, batch)
+    # A TensorFlow model's batch job: the GPU variant of the image, checked, after the gate.
+    assert tasks[gpu_batch]["inputs"]["artifacts"] == {
+        "unmanaged_container_model": {
+            "taskOutputArtifact": {
+                "outputArtifactKey": "unmanaged_container_model",
+                "producerTask": "contract-check-2",
+            }
+        }
+    }
+    assert {"build-image-2", "evaluation-gate"} <= _upstream(tasks, "contract-check-2")
+    assert tasks["build-image-2"]["inputs"]["parameters"]["gpu"] == {
+        "runtimeValue": {"constant": True}
+    }
+    branches = {tasks[gpu_batch]["group"], tasks[batch]["group"]}
+    conditions = {
+        spec["components"]["comp-condition-branches-8"]["dag"]["tasks"][c.removeprefix("comp-")][
+            "triggerPolicy"
+        ]["condition"]
+        for c in branches
+    }
+    assert conditions == {
+        "inputs.parameter_values['pipelinechannel--framework'] == 'tensorflow'",
+        "!(inputs.parameter_values['pipelinechannel--framework'] == 'tensorflow')",
+    }
 
 
 def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
@@ -122,7 +146,14 @@ def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
     condition = gate_groups[0]["triggerPolicy"]["condition"]
     assert "evaluation-gate" in condition and "== true" in condition
     inside = {n for n, t in _tasks(spec).items() if t["group"] != "root"}
-    assert {"model-deploy", "model-batch-predict", "endpoint-create"} <= inside
+    assert {
+        "model-deploy",
+        "model-batch-predict",
+        "model-batch-predict-2",
+        "endpoint-create",
+        "build-image-2",
+        "contract-check-2",
+    } <= inside
     assert not {"train", "build-image", "contract-check", "evaluation-gate"} & inside
 
 
@@ -180,6 +211,7 @@ def test_location_is_passed_to_every_vertex_op(spec: dict) -> None:
             "comp-model-upload-2",
             "comp-endpoint-create",
             "comp-model-batch-predict",
+            "comp-model-batch-predict-2",
         ):
             location = task["inputs"]["parameters"]["location"]
             assert location == {"componentInputParameter": "pipelinechannel--location"}, name
@@ -187,7 +219,14 @@ def test_location_is_passed_to_every_vertex_op(spec: dict) -> None:
 
 def test_our_tasks_run_in_the_components_image(spec: dict) -> None:
     executors = spec["deploymentSpec"]["executors"]
-    ours = ["exec-train", "exec-build-image", "exec-contract-check", "exec-evaluation-gate"]
+    ours = [
+        "exec-train",
+        "exec-build-image",
+        "exec-contract-check",
+        "exec-evaluation-gate",
+        "exec-build-image-2",  # the GPU variant for a TensorFlow model's batch job
+        "exec-contract-check-2",
+    ]
     for name in ours:
         assert executors[name]["container"]["image"] == (
             "europe-west4-docker.pkg.dev/my-project/train-to-serve/components:0.1.0"
@@ -377,12 +416,30 @@ def _defaults() -> dict:
     }
 
 
-def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path) -> None:
-    run = {**RUN_VALUES, "batch_accelerator_count": 2, "batch_size": 200, "batch_replica_count": 3}
-    inputs = _task_inputs(spec, "exec-model-batch-predict", run)
+@pytest.mark.parametrize("framework", ["scikit-learn", "tensorflow"])
+def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path, framework: str) -> None:
+    run = {
+        **RUN_VALUES,
+        "batch_accelerator_count": 2,
+        "batch_size": 200,
+        "batch_replica_count": 3,
+        "framework": framework,
+    }
     model = "projects/my-project/locations/europe-west4/models/42@4"
-    artifacts = {"model": {"uri": "https://x/v1/" + model, "metadata": {"resourceName": model}}}
-    payload = _payload(spec, "exec-model-batch-predict", inputs, artifacts)
+    gpu_image = IMAGE.replace("serving@", "serving-gpu@")
+    if framework == "tensorflow":  # the GPU image's checked UnmanagedContainerModel
+        executor = "exec-model-batch-predict"
+        metadata = unmanaged_container_model_metadata(
+            gpu_image, port=8080, health_route="/health", predict_route="/predict"
+        )
+        artifacts = {
+            "unmanaged_container_model": {"uri": "gs://my-bucket/root/model", "metadata": metadata}
+        }
+    else:  # the uploaded model version
+        executor = "exec-model-batch-predict-2"
+        artifacts = {"model": {"uri": "https://x/v1/" + model, "metadata": {"resourceName": model}}}
+    inputs = _task_inputs(spec, executor, run)
+    payload = _payload(spec, executor, inputs, artifacts)
     sent = {}
 
     def create(self, *, parent, batch_prediction_job, **_):
@@ -409,7 +466,13 @@ def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path) -> None:
     job = sent["job"]
     job = job if isinstance(job, dict) else BatchPredictionJob.to_dict(job)
     assert job["display_name"] == "penguins-classifier"
-    assert job["model"] == model
+    if framework == "tensorflow":
+        assert "model" not in job or not job["model"]
+        unmanaged = job["unmanaged_container_model"]
+        assert unmanaged["container_spec"]["image_uri"] == gpu_image
+        assert unmanaged["artifact_uri"] == "gs://my-bucket/root/model"
+    else:
+        assert job["model"] == model
     assert job["input_config"]["instances_format"] == "jsonl"
     assert job["input_config"]["gcs_source"]["uris"] == ["gs://my-bucket/batch/input.jsonl"]
     assert job["output_config"]["predictions_format"] == "jsonl"
