@@ -42,7 +42,8 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
             "-> contract check -> evaluation gate -> upload to a local model registry -> in "
             "parallel, deploy to a local endpoint (a long-running container) and a local batch "
             "prediction job with Vertex's output format. Needs podman or docker "
-            "(scripts/setup-container-engine.sh sets podman up). Defaults train a classifier "
+            "(scripts/setup-container-engine.sh sets podman up), or --serving process (a "
+            "weaker check without an engine). Defaults train a classifier "
             "on the bundled Palmer penguins data set and batch-predict all its rows. Ends with "
             "a summary, also written as summary.json in the run's directory."
         ),
@@ -101,6 +102,16 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where runs are written"
     )
+    parser.add_argument(
+        "--serving",
+        default="container",
+        choices=["container", "process"],
+        help=(
+            "container: build the image and run it with podman/docker (default); process: "
+            "WEAKER fallback where no engine works, no image built, the server code runs as "
+            "local processes with Vertex's environment"
+        ),
+    )
     parser.set_defaults(handler=_run_local)
 
 
@@ -128,6 +139,7 @@ def _run_local(args: argparse.Namespace) -> int:
             batch_instances_format=args.batch_instances_format,
             batch_size=args.batch_size,
             keep_endpoints=args.keep_endpoints,
+            serving=args.serving,
         )
     )
     print("\n" + format_summary(summary))

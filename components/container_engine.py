@@ -22,6 +22,11 @@ reliable), and this module only needs the standard library.
   ``wait_for_http()``, ``logs()``, ``exec()``, ``state()``, ``stop(timeout)`` (SIGTERM, then
   SIGKILL after the timeout; returns the exit code and the seconds taken) and ``remove()``;
   it is also a context manager.
+* Process mode (``components/server_process.py``), where no engine works:
+  ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process`` or ``detect_engine("process")`` gives a
+  ``ProcessEngine``, whose ``run`` starts the serving server as a local process and returns a
+  handle with the same methods as ``Container``. It checks less than a container does (see
+  that module).
 
 Example::
 
@@ -58,7 +63,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 ENGINE_ENV = "TRAIN_TO_SERVE_CONTAINER_ENGINE"
-"""Environment variable naming the engine to use (``docker``, ``podman`` or a path)."""
+"""Environment variable naming the engine to use (``docker``, ``podman``, a path, or
+``process``: process mode)."""
 BASE_IMAGE_ENV = "TRAIN_TO_SERVE_BASE_IMAGE"
 """Environment variable naming the base image to build the serving image from."""
 CA_BUNDLE_ENV = "TRAIN_TO_SERVE_CA_BUNDLE"
@@ -66,6 +72,8 @@ CA_BUNDLE_ENV = "TRAIN_TO_SERVE_CA_BUNDLE"
 PULL_TIMEOUT_ENV = "TRAIN_TO_SERVE_PULL_TIMEOUT"
 """Seconds allowed for pulling the registry base image (default 30)."""
 
+PROCESS = "process"
+"""The engine name (and ``TRAIN_TO_SERVE_CONTAINER_ENGINE`` value) of process mode."""
 ENGINES = ("docker", "podman")
 """Engines tried, in this order, when ``TRAIN_TO_SERVE_CONTAINER_ENGINE`` is not set."""
 REGISTRY_BASE_IMAGE = "docker.io/library/python:3.11-slim"
@@ -443,6 +451,15 @@ class Engine:
             raise
         return container
 
+    def attach(self, container_id: str, name: str, image: str) -> Container:
+        """A handle on a container started earlier, possibly by another process."""
+        return Container(self, container_id, name, image, 0.0)
+
+    def labelled(self, label: str) -> list[str]:
+        """Ids of the containers, running or not, that carry ``label`` (``key=value``)."""
+        out = self.command("ps", "-a", "-q", "--filter", f"label={label}", timeout=60).stdout
+        return out.split()
+
 
 @dataclass
 class Container:
@@ -492,6 +509,11 @@ class Container:
     def exec(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command inside the running container."""
         return self.engine.command("exec", self.id, *cmd, check=check, timeout=120)
+
+    def tcp_table(self) -> str:
+        """``/proc/net/tcp`` and ``tcp6`` as seen inside the container: its own sockets
+        (``""`` when they cannot be read)."""
+        return self.exec("cat", "/proc/net/tcp", "/proc/net/tcp6", check=False).stdout or ""
 
     def state(self) -> ContainerState:
         """Current status from ``inspect``."""
@@ -575,6 +597,17 @@ class Container:
         self.stopped = StopResult(exit_code=code, seconds=seconds, killed=killed)
         return self.stopped
 
+    def stop_for_good(self, grace_s: float) -> float:
+        """Stop a long-running container (SIGTERM, SIGKILL after ``grace_s``); return the
+        seconds it took.
+
+        The engine's ``stop``, not ``kill``: the engine then knows the user stopped it and does
+        not apply the restart policy.
+        """
+        started = time.monotonic()
+        self.engine.command("stop", "--time", str(int(grace_s)), self.id, check=False, timeout=120)
+        return time.monotonic() - started
+
     def _wait(self, timeout: float) -> int | None:
         """Exit code once the container has exited, or None if it still runs after timeout."""
         try:
@@ -611,11 +644,16 @@ class Container:
 # ----------------------------------------------------------------- detection --
 def detect_engine(name: str | None = None, *, refresh: bool = False) -> Engine:
     """Return a working engine: ``name``, else ``$TRAIN_TO_SERVE_CONTAINER_ENGINE``, else the
-    first of docker, podman that answers.
+    first of docker, podman that answers. ``process`` gives the ``ProcessEngine`` of process
+    mode, and only when asked for by name.
 
     Raises ``EngineNotFoundError`` naming each engine tried, why it failed, and the fix.
     """
     requested = name or os.environ.get(ENGINE_ENV, "").strip() or None
+    if requested == PROCESS:
+        from components.server_process import ProcessEngine
+
+        return ProcessEngine.create()
     if refresh:
         _detect.cache_clear()
     return _detect(requested, os.environ.get("PATH", ""))

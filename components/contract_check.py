@@ -29,6 +29,11 @@ Layers:
   ``ModelUploadOp`` reads; the ``contract_check`` KFP component emits it only when the check
   passed, so no container spec reaches upload without passing this check.
 * ``compile.py check-contract --image IMAGE`` is the command line for users' own images.
+
+Process mode (``components/server_process.py``) is the weaker fallback where no container
+engine works, e.g. in a Vertex AI Pipelines task: the same rules against the same server code
+and model, started as a local process with Vertex's environment. The image itself is not run,
+and the report, its verdict line and the metrics (``process_mode: 1``) say so.
 """
 
 import contextlib
@@ -82,6 +87,12 @@ DEFAULT_PREDICT_ROUTE = f"{DEFAULT_HEALTH_ROUTE}:predict"
 """Vertex's ``AIP_PREDICT_ROUTE`` when ``containerSpec.predictRoute`` is not set."""
 MODEL_MOUNT = "/mnt/model"
 """Where ``check_image`` mounts a local model directory; ``AIP_STORAGE_URI`` points there."""
+
+PROCESS_MODE_NOTE = (
+    "PROCESS MODE: the server code and the model were checked with Vertex's environment as a "
+    "local process; the image itself (entrypoint, dependencies, user, size) was not"
+)
+"""Said by every report, verdict and violation of a check in process mode."""
 
 PREVIEW_CHARS = 300
 LOG_TAIL_LINES = 40
@@ -168,6 +179,8 @@ class ContractViolation(Exception):
             f"({len(failed)} of {len(report.rules)} rules failed):"
         ]
         lines += [result.message() for result in failed]
+        if report.process_mode:
+            lines.append(f"({PROCESS_MODE_NOTE}.)")
         super().__init__("\n".join(lines))
 
 
@@ -436,6 +449,8 @@ class ContractReport:
     stop_s: float | None = None
     logs: str | None = None
     """The container's output; ``None`` when there is no container (a plain URL)."""
+    process_mode: bool = False
+    """The server ran as a local process, not from the image (``PROCESS_MODE_NOTE``)."""
 
     @property
     def passed(self) -> bool:
@@ -461,19 +476,23 @@ class ContractReport:
 
     def verdict(self) -> str:
         """One line: PASS, or FAIL with the failed rules' names."""
+        note = f". {PROCESS_MODE_NOTE}" if self.process_mode else ""
         if self.passed:
-            return f"PASS: {self.target} honours the Vertex AI container contract"
+            return f"PASS: {self.target} honours the Vertex AI container contract{note}"
         names = ", ".join(result.rule for result in self.violations)
-        return f"FAIL: {self.target} breaks the Vertex AI container contract ({names})"
+        return f"FAIL: {self.target} breaks the Vertex AI container contract ({names}){note}"
 
     def metrics(self) -> dict[str, float]:
-        """Numbers for ``Output[Metrics]``: verdict, rule counts, startup, latencies, stop."""
+        """Numbers for ``Output[Metrics]``: verdict, rule counts, startup, latencies, stop;
+        ``process_mode: 1`` for a check in process mode."""
         values: dict[str, float] = {
             "passed": float(self.passed),
             "rules_passed": float(sum(r.passed and not r.skipped for r in self.rules)),
             "rules_failed": float(len(self.violations)),
             "rules_skipped": float(sum(r.skipped for r in self.rules)),
         }
+        if self.process_mode:
+            values["process_mode"] = 1.0
         if self.startup_s is not None:
             values["startup_s"] = round(self.startup_s, 3)
         if self.stop_s is not None:
@@ -515,7 +534,8 @@ class ContractReport:
         lines += [f"- {name}: {value}" for name, value in sorted(timings.items())]
         lines += [] if timings else ["(none measured)"]
         if self.logs is not None:
-            lines += ["", f"## Container logs (last {LOG_TAIL_LINES} lines)", "", "```"]
+            source = "Server process" if self.process_mode else "Container"
+            lines += ["", f"## {source} logs (last {LOG_TAIL_LINES} lines)", "", "```"]
             lines += _tail(self.logs, LOG_TAIL_LINES).splitlines() or ["(no output)"]
             lines += ["```"]
         return "\n".join([*lines, ""])
@@ -1038,10 +1058,10 @@ class _ContainerObserver:
     def listening_note(self) -> str:
         if self._exit_note is not None:
             return ""
-        proc = self.container.exec("cat", "/proc/net/tcp", "/proc/net/tcp6", check=False)
-        if proc.returncode != 0 and not proc.stdout:
+        table = self.container.tcp_table()
+        if not table:
             return ""
-        return describe_listening(listening_sockets(proc.stdout), self.port)
+        return describe_listening(listening_sockets(table), self.port)
 
 
 def vertex_environment(
@@ -1102,6 +1122,10 @@ def check_image(
     model's artifactUri). After the checks it sends SIGTERM and times the stop (the
     ``sigterm`` rule), and the report keeps the container's logs.
 
+    With the ``ProcessEngine`` (process mode) the server code runs as a local process with
+    the same environment, the model directory (required then) named by ``AIP_STORAGE_URI``;
+    the report says that the image itself was not checked (``PROCESS_MODE_NOTE``).
+
     Args:
         engine: a ``components.container_engine.Engine``; default ``detect_engine()``.
         The others: as for ``check_server``.
@@ -1110,7 +1134,7 @@ def check_image(
         ContainerEngineError: no engine, or the image could not be started at all (for
             example it does not exist): that is no verdict on the contract.
     """
-    from components.container_engine import detect_engine
+    from components.container_engine import PROCESS, detect_engine
 
     settings = settings or CheckSettings()
     engine = engine or detect_engine()
@@ -1142,6 +1166,7 @@ def check_image(
         report.stop_s = container.stopped.seconds if container.stopped else None
         report.logs = container.logs()
     report.target = image
+    report.process_mode = engine.name == PROCESS
     report.settings = {
         "image": image,
         "declared port": port,
@@ -1149,6 +1174,10 @@ def check_image(
         **report.settings,
         "engine": f"{engine.name} {engine.version}",
     }
+    if report.process_mode:
+        report.settings["mode"] = (
+            f"{PROCESS_MODE_NOTE} (server on port {container.host_port}, model {model_dir})"
+        )
     return report
 
 
@@ -1337,12 +1366,36 @@ def check_model_image(
 
 
 NO_ENGINE_HINT = (
-    "contract_check runs the image, so it needs podman or docker beside it. A Vertex AI "
-    "Pipelines task has neither: run this pipeline's check locally (kfp.local, or "
-    "`python compile.py check-contract --image IMAGE --model-dir DIR`) before submitting; "
-    "running the check on Google Cloud (Cloud Build steps that run the image and the checker "
-    "side by side) is not implemented yet."
+    "contract_check runs the image, so it needs podman or docker beside it; where neither works "
+    "(a Vertex AI Pipelines task) it falls back to process mode, the same server code and model "
+    "with Vertex's environment as a local process, which needs the serve extra (`pip install "
+    "'.[serve]'`, as components/Dockerfile does). Neither works here. For the full check, run "
+    "it where podman or docker works (kfp.local, or `python compile.py check-contract --image "
+    "IMAGE --model-dir DIR`); running the image itself on Google Cloud (Cloud Build steps that "
+    "run the image and the checker side by side) is not implemented yet."
 )
+
+
+def choose_check_engine() -> tuple[Any, str]:
+    """The engine for a check: ``detect_engine()``, else (none works) the process engine.
+
+    Returns the engine and, when it fell back to process mode, a sentence saying why and what
+    that leaves unchecked (``""`` otherwise).
+
+    Raises:
+        RuntimeError: neither works (``NO_ENGINE_HINT`` and both reasons).
+    """
+    from components.container_engine import PROCESS, EngineNotFoundError, detect_engine
+
+    try:
+        return detect_engine(), ""
+    except EngineNotFoundError as exc:
+        try:
+            engine = detect_engine(PROCESS)
+        except EngineNotFoundError as process_exc:
+            raise RuntimeError(f"{NO_ENGINE_HINT}\n{exc}\n{process_exc}") from exc
+        reason = str(exc).split("\n", 1)[0]
+        return engine, f"{reason}: checking in process mode. {PROCESS_MODE_NOTE}."
 
 
 @component(base_image=COMPONENTS_IMAGE)
@@ -1374,13 +1427,16 @@ def contract_check(
     the task fails with a message naming the rule, the request, the answer and what Vertex
     would have done.
 
-    Where it runs: it needs podman or docker beside it. Under ``kfp.local``
-    (``SubprocessRunner(use_venv=False)``) it uses the local engine and a locally built image.
-    A Vertex AI Pipelines task runs in a pod with no container daemon, so there this component
-    fails at once with "no working container engine". The way to run the check on Google
-    Cloud is a Cloud Build job whose steps run the image and this checker side by side (a
-    step can start the image detached on Cloud Build's docker network, and the next step runs
-    ``python compile.py check-contract`` against it); that path is not implemented yet.
+    Where it runs: under ``kfp.local`` (``SubprocessRunner(use_venv=False)``) it runs the
+    image with the local podman or docker. Where neither works (a Vertex AI Pipelines task
+    runs in a pod with no container daemon) it falls back to process mode and says so in its
+    log, report and metrics (``process_mode: 1``): the same server code and the model, with
+    Vertex's environment, as a local process; weaker, since the image itself is not run. The
+    way to run the image on Google Cloud is a Cloud Build job whose steps run the image and
+    this checker side by side (a step can start the image detached on Cloud Build's docker
+    network, and the next step runs ``python compile.py check-contract`` against it); that
+    path is not implemented yet. ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process`` asks for process
+    mode explicitly.
 
     Args:
         image_uri: the image to check, as the engine knows it (and as upload will use it).
@@ -1400,29 +1456,32 @@ def contract_check(
     """
     from pathlib import Path
 
-    from components.container_engine import EngineNotFoundError
     from components.contract_check import (
-        NO_ENGINE_HINT,
         CheckSettings,
         ContractViolation,
         check_model_image,
+        choose_check_engine,
     )
 
-    try:
-        checked, metadata = check_model_image(
-            image_uri,
-            model.path,
-            port=port,
-            health_route=health_route,
-            predict_route=predict_route,
-            env=dict(env),
-            settings=CheckSettings(
-                startup_deadline_s=startup_deadline_s, grace_period_s=grace_period_s
-            ),
-            large_model_bytes=large_model_bytes,
-        )
-    except EngineNotFoundError as exc:
-        raise RuntimeError(f"{NO_ENGINE_HINT}\n{exc}") from exc
+    engine, fallback = choose_check_engine()
+    if fallback:
+        print(fallback)
+    checked, metadata = check_model_image(
+        image_uri,
+        model.path,
+        port=port,
+        health_route=health_route,
+        predict_route=predict_route,
+        env=dict(env),
+        settings=CheckSettings(
+            startup_deadline_s=startup_deadline_s, grace_period_s=grace_period_s
+        ),
+        large_model_bytes=large_model_bytes,
+        engine=engine,
+    )
+    if fallback:
+        checked.settings["why process mode"] = fallback
+    print(checked.verdict())
     Path(report.path).write_text(checked.to_markdown(), encoding="utf-8")
     for name, value in checked.metrics().items():
         metrics.log_metric(name, value)

@@ -969,8 +969,9 @@ def serve_version(version: RegisteredVersion, job_id: str) -> Iterator[str]:
     Today the server is the version's serving container, started like an endpoint's
     (``local_endpoint.start_serving_container``: ``AIP_*`` variables, ``containerSpec``, the
     model mounted read-only), labelled ``io.train-to-serve.batch-prediction-job=<job_id>``.
-    This is the one place that knows how the server runs, so that a process mode (the same
-    server as a local process, no container engine) can slot in here.
+    In process mode (``TRAIN_TO_SERVE_CONTAINER_ENGINE=process``) ``detect_engine`` gives the
+    ``ProcessEngine`` and the same server runs as a local process instead
+    (``components/server_process.py``).
 
     Raises:
         EndpointError: the container did not start or never became healthy.

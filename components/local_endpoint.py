@@ -25,11 +25,15 @@ an endpoint or for a batch prediction job (``components/local_batch_predict.py``
 ``deploy``, ``list_endpoints``, ``predict`` and ``undeploy`` are the plain functions,
 ``compile.py endpoints list|predict|undeploy`` the command line, ``local_model_deploy`` the KFP
 component. A kfp.local task runs in a subprocess; the container outlives it.
+
+In process mode (``TRAIN_TO_SERVE_CONTAINER_ENGINE=process``, ``components/server_process.py``)
+the same functions run the server as a detached local process instead, with the same
+environment and the model directory named by ``AIP_STORAGE_URI``; the record's ``engine`` is
+then ``process``. That checks less than a container does (no image, no restart policy).
 """
 
 import json
 import re
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,7 +102,7 @@ class LocalEndpoint:
     container_name: str
     image: str
     engine: str
-    """Path of the container engine that started the container."""
+    """Path of the container engine that started the container (``process``: process mode)."""
     create_time: str
     startup_seconds: float | None = None
     """From ``run`` until health first answered 200."""
@@ -127,7 +131,7 @@ class LocalEndpoint:
                 f"endpoint {self.endpoint_id} was deployed with {self.engine}, which no longer "
                 f"works: {exc}"
             ) from exc
-        return ce.Container(engine, self.container_id, self.container_name, self.image, 0.0)
+        return engine.attach(self.container_id, self.container_name, self.image)
 
 
 def expand_references(text: str, env: Mapping[str, str]) -> str:
@@ -503,24 +507,14 @@ def undeploy(endpoint_id: str, *, endpoints_dir: str | Path) -> float | None:
 
 
 def stop_container(container: ce.Container) -> float:
-    """Stop a serving container: SIGTERM, SIGKILL after ``GRACE_PERIOD_S``. Returns the seconds
-    the stop took.
-
-    ``stop``, not ``kill``: the engine then knows the user stopped it and does not apply the
-    restart policy.
-    """
-    started = time.monotonic()
-    grace = str(int(GRACE_PERIOD_S))
-    container.engine.command("stop", "--time", grace, container.id, check=False, timeout=120)
-    return time.monotonic() - started
+    """Stop a serving container for good: SIGTERM, SIGKILL after ``GRACE_PERIOD_S``, and no
+    restart. Returns the seconds the stop took."""
+    return container.stop_for_good(GRACE_PERIOD_S)
 
 
 def labelled_containers(engine: ce.Engine, endpoint_id: str) -> list[str]:
     """Ids of the containers (running or not) that carry the endpoint's label."""
-    out = engine.command(
-        "ps", "-a", "-q", "--filter", f"label={ENDPOINT_LABEL}={endpoint_id}", timeout=60
-    ).stdout
-    return out.split()
+    return engine.labelled(f"{ENDPOINT_LABEL}={endpoint_id}")
 
 
 # --- instances files -------------------------------------------------------------------------

@@ -7,6 +7,10 @@ drive podman or docker themselves). ``run_local`` adds what a person at a termin
 around it:
 
 * a check that a container engine works, before anything is trained;
+* process mode (``serving="process"``, ``--serving process``): where no engine works, no image
+  is built and the contract check, the endpoint and the batch job run the same server code as
+  local processes with Vertex's environment (``components/server_process.py``), a weaker
+  check that the summary labels (``"serving": "process"``);
 * the batch input: by default every row of the training table, features only, one JSON
   object per line (what a user would send to Vertex's batch prediction);
 * each step's start, end and wall time, read from kfp.local's own log lines as they stream
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -47,6 +52,13 @@ STEPS = (
 )
 """The pipeline's tasks in DAG order (kfp.local's task names)."""
 SUMMARY_FILE = "summary.json"
+SERVING_MODES = ("container", "process")
+"""How the run serves the model: the image in podman/docker, or process mode."""
+PROCESS_MODE_LABEL = (
+    "PROCESS MODE (weaker than the container check): no image is built; the contract check, "
+    "the endpoint and the batch job run the server code as local processes with Vertex's "
+    "environment, so the image itself (entrypoint, dependencies, user, size) is not checked"
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
@@ -82,6 +94,9 @@ class LocalRunOptions:
     batch_size: int = 64
     keep_endpoints: bool = False
     """Keep earlier local endpoints of the same model running (default: undeploy them)."""
+    serving: str = "container"
+    """``container`` (podman/docker) or ``process`` (process mode: no engine needed, weaker;
+    also chosen by ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process``)."""
 
 
 class StepClock(io.TextIOBase):
@@ -148,20 +163,40 @@ def write_batch_instances(
     return len(frame)
 
 
-def check_engine() -> str:
-    """The container engine's path; ``LocalRunError`` saying what to do when none works."""
+def serving_mode(requested: str) -> str:
+    """``process`` when asked for by ``requested`` or ``TRAIN_TO_SERVE_CONTAINER_ENGINE``,
+    else ``container``; ``LocalRunError`` for an unknown mode."""
+    from components import container_engine as ce
+
+    if requested not in SERVING_MODES:
+        raise LocalRunError(f"unknown serving mode {requested!r}; use one of {SERVING_MODES}")
+    explicit = os.environ.get(ce.ENGINE_ENV, "").strip() == ce.PROCESS
+    return ce.PROCESS if explicit else requested
+
+
+def check_engine(serving: str = "container") -> str:
+    """The engine's path (``process`` in process mode); ``LocalRunError`` saying what to do
+    when it does not work."""
     from components import container_engine as ce
 
     try:
+        if serving == ce.PROCESS:
+            return ce.detect_engine(ce.PROCESS).path
         engine = ce.detect_engine()
         ce.choose_base_image(engine)
     except ce.ContainerEngineError as exc:
+        if serving == ce.PROCESS:
+            raise LocalRunError(f"process mode cannot run the model server here: {exc}") from exc
         raise LocalRunError(
             "run-local builds the serving image and runs it as Vertex would, which needs "
             f"podman or docker, and none works here:\n  {exc}\n"
             "Set one up with `bash scripts/setup-container-engine.sh` (Debian/Ubuntu, as "
             "root; `make run` does this), or point TRAIN_TO_SERVE_CONTAINER_ENGINE at a "
-            "working podman/docker binary."
+            "working podman/docker binary.\n"
+            "Or run with `--serving process`: process mode, WEAKER than the container check. "
+            "No image is built; the same server code serves the model as a local process with "
+            "Vertex's environment, so the image itself (entrypoint, dependencies, user, size) "
+            "is not checked."
         ) from exc
     return engine.path
 
@@ -252,17 +287,42 @@ def _replace_earlier_endpoints(endpoints_dir: Path, summary: dict[str, Any]) -> 
 def run_local(options: LocalRunOptions, out: TextIO | None = None) -> dict[str, Any]:
     """Run the local pipeline with kfp.local; print progress; return and write the summary.
 
+    In process mode the kfp.local tasks, which inherit this process's environment, get
+    ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process`` for the run.
+
     Raises:
-        LocalRunError: no container engine, or a step failed (the message names it).
+        LocalRunError: no container engine (process mode: the server cannot run), or a step
+            failed (the message names it).
         TrainingInputError: bad training data or columns, before anything runs.
     """
+    from components import container_engine as ce
+
+    out = out or sys.stdout
+    started = time.monotonic()
+    serving = serving_mode(options.serving)
+    check_engine(serving)
+    if serving != ce.PROCESS:
+        return _run_pipeline(options, out, started, serving)
+    out.write(f"serving: {PROCESS_MODE_LABEL}\n")
+    saved = os.environ.get(ce.ENGINE_ENV)
+    os.environ[ce.ENGINE_ENV] = ce.PROCESS
+    try:
+        return _run_pipeline(options, out, started, serving)
+    finally:
+        if saved is None:
+            os.environ.pop(ce.ENGINE_ENV, None)
+        else:
+            os.environ[ce.ENGINE_ENV] = saved
+
+
+def _run_pipeline(
+    options: LocalRunOptions, out: TextIO, started: float, serving: str
+) -> dict[str, Any]:
+    """``run_local`` once the engine (or process mode) is set up."""
     from kfp import local
 
     from pipelines.train_to_serve import LOCAL_PIPELINE_NAME, build_pipeline
 
-    out = out or sys.stdout
-    started = time.monotonic()
-    check_engine()
     root = options.output_dir.resolve()
     metric, threshold = DEFAULT_GATES[options.task]
     metric = options.gate_metric or metric
@@ -318,7 +378,7 @@ def run_local(options: LocalRunOptions, out: TextIO | None = None) -> dict[str, 
     finally:
         sys.stdout = saved
     run_dir = _newest_run(root, LOCAL_PIPELINE_NAME, began)
-    summary = summarize(run_dir, clock, time.monotonic() - started)
+    summary = {"serving": serving, **summarize(run_dir, clock, time.monotonic() - started)}
     if summary.get("endpoint") and not options.keep_endpoints:
         summary["replaced_endpoints"] = _replace_earlier_endpoints(root / "endpoints", summary)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -329,6 +389,8 @@ def run_local(options: LocalRunOptions, out: TextIO | None = None) -> dict[str, 
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a few lines a person reads at the end of the run."""
     lines = [f"run: {summary['run_dir']}"]
+    if summary.get("serving") == "process":
+        lines.append(f"serving: {PROCESS_MODE_LABEL}")
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
     lines.append(f"model ({summary['framework']}): {summary['model_dir']} ({metrics})")
     lines.append(f"image: {summary['image']}")

@@ -429,31 +429,38 @@ def test_report_metrics_are_plain_floats_for_kfp():
 
 
 @pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
-def test_the_component_without_a_container_engine_says_why_as_on_vertex(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+def test_the_component_without_a_container_engine_checks_in_process_mode_as_on_vertex(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    penguins_model_dir: Path,
 ):
-    """A Vertex AI Pipelines pod has no podman or docker: the task fails and says so."""
+    """A Vertex AI Pipelines pod has no podman or docker: the task falls back to process mode
+    and says so in its log, report and metrics; the spec still names the image given."""
     from kfp import dsl, local
 
     monkeypatch.setenv("TRAIN_TO_SERVE_CONTAINER_ENGINE", str(tmp_path / "no-engine"))
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "instances_sample.jsonl").write_text('{"x": 1}\n')
-    (model / "expected_predictions.jsonl").write_text("1\n")
+    monkeypatch.setenv("TRAIN_TO_SERVE_PROCESS_DIR", str(tmp_path / "processes"))
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(tmp_path / "root"),
-        raise_on_error=False,
+        raise_on_error=True,
     )
 
     @dsl.pipeline(name="no-engine")
     def no_engine() -> None:
-        imported = dsl.importer(artifact_uri=str(model), artifact_class=dsl.Model)
-        cc.contract_check(image_uri="localhost/any:1", model=imported.output)
+        imported = dsl.importer(artifact_uri=str(penguins_model_dir), artifact_class=dsl.Model)
+        cc.contract_check(image_uri="registry.example/serving:1", model=imported.output)
 
     no_engine()
     output = "".join(capfd.readouterr())
-    assert "RuntimeError: contract_check runs the image, so it needs podman or docker" in output
-    assert "not implemented yet" in output and "no working container engine" in output
-    assert not list((tmp_path / "root").rglob("report"))  # no report, no model: nothing ran
-    assert not list((tmp_path / "root").rglob("executor_output.json"))
+    assert "no working container engine" in output and "checking in process mode" in output
+    assert cc.PROCESS_MODE_NOTE in output  # the verdict line
+    (report,) = (tmp_path / "root").rglob("contract-check/report")
+    assert cc.PROCESS_MODE_NOTE in report.read_text()
+    (written,) = (tmp_path / "root").rglob("contract-check/executor_output.json")
+    artifacts = json.loads(written.read_text())["artifacts"]
+    assert artifacts["metrics"]["artifacts"][0]["metadata"]["process_mode"] == 1.0
+    spec = artifacts["unmanaged_container_model"]["artifacts"][0]["metadata"]["containerSpec"]
+    assert spec["imageUri"] == "registry.example/serving:1"
+    assert not list((tmp_path / "processes").glob("*.json"))  # the server is gone
