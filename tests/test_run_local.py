@@ -101,6 +101,23 @@ def test_the_summary_names_every_result_and_times_every_step(
 
 
 @pytest.mark.container
+def test_the_chained_contract_check_emits_the_unmanaged_container_model_for_upload(
+    first_run: dict[str, Any],
+) -> None:
+    """train -> build -> check under kfp.local: the checked image's spec, the trained model."""
+    written = json.loads(
+        (Path(first_run["run_dir"]) / "contract-check" / "executor_output.json").read_text()
+    )
+    (artifact,) = written["artifacts"]["unmanaged_container_model"]["artifacts"]
+    assert artifact["uri"].removeprefix("file://") == first_run["model_dir"]
+    spec = artifact["metadata"]["containerSpec"]
+    assert spec["imageUri"] == first_run["image"]
+    assert [int(p["containerPort"]) for p in spec["ports"]] == [8080]
+    assert (spec["healthRoute"], spec["predictRoute"]) == ("/health", "/predict")
+    assert "startupProbe" not in spec  # a small model that starts at once
+
+
+@pytest.mark.container
 def test_the_endpoint_left_running_predicts_the_exported_sample(
     first_run: dict[str, Any], output_dir: Path
 ) -> None:
