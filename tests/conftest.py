@@ -273,6 +273,15 @@ def base_image(engine: ce.Engine) -> str:
         raise  # unreachable
 
 
+@pytest.fixture(scope="session")
+def serving_image_without_model(engine: ce.Engine, base_image: str) -> str:
+    """The serving image without a model: it loads the one ``AIP_STORAGE_URI`` names."""
+    from local_stand_ins import IMAGE_TAG
+
+    ce.build_serving_image(engine, IMAGE_TAG, None, base_image=base_image, on_line=lambda _: None)
+    return IMAGE_TAG
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _print_module_timings(request: pytest.FixtureRequest) -> Iterator[None]:
     """Print the test module's ``TIMINGS`` dict, if it has one (visible with ``pytest -s``)."""

@@ -24,20 +24,16 @@ from typing import Any
 
 import httpx
 import pytest
+from local_stand_ins import checked_model, container_spec
 
 from components import container_engine as ce
 from components import local_batch_predict as bp
 from components import local_registry as lr
-from components.contract_check import json_difference, unmanaged_container_model_metadata
-from components.images import COMPONENTS_IMAGE
+from components.contract_check import json_difference
 from serving_image.server import manifest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAULT_SERVER = Path(__file__).resolve().parent / "fixtures" / "batch_fault_server.py"
-TAG = "localhost/train-to-serve-test:batch-predict"
-HEALTH_ROUTE = "/v1/endpoints/local/deployedModels/penguins"
-PREDICT_ROUTE = f"{HEALTH_ROUTE}:predict"
-SERVING_ENV = {"SERVING_WORKERS": "1", "MODEL_HOME": "$(AIP_STORAGE_URI)"}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -460,19 +456,13 @@ def test_resuming_a_different_batch_is_refused(
 
 
 @pytest.fixture(scope="module")
-def image(engine: ce.Engine, base_image: str) -> str:
-    """The serving image without a model (it loads the one ``AIP_STORAGE_URI`` names)."""
-    ce.build_serving_image(engine, TAG, None, base_image=base_image, on_line=lambda _: None)
-    return TAG
+def image(serving_image_without_model: str) -> str:
+    return serving_image_without_model
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from components.train import train_and_export
-
-    model = tmp_path_factory.mktemp("batch-model") / "model"
-    train_and_export("penguins", model)
-    return model
+def model_dir(penguins_model_dir: Path) -> Path:
+    return penguins_model_dir
 
 
 def job_containers(engine: ce.Engine) -> list[str]:
@@ -484,20 +474,10 @@ def job_containers(engine: ce.Engine) -> list[str]:
 def test_kfp_local_batch_predict_against_the_serving_container(
     engine: ce.Engine, image: str, model_dir: Path, tmp_path: Path
 ) -> None:
-    from google_cloud_pipeline_components.types.artifact_types import UnmanagedContainerModel
     from kfp import dsl, local
-    from kfp.dsl import Artifact, Output
+    from kfp.dsl import Artifact
 
-    @dsl.component(base_image=COMPONENTS_IMAGE)
-    def checked_model(ucm: Output[UnmanagedContainerModel], source: str, spec: dict):
-        import shutil
-
-        shutil.copytree(source, ucm.path)
-        ucm.metadata["containerSpec"] = spec
-
-    spec = unmanaged_container_model_metadata(
-        image, port=8080, health_route=HEALTH_ROUTE, predict_route=PREDICT_ROUTE, env=SERVING_ENV
-    )["containerSpec"]
+    spec = container_spec(image)
 
     @dsl.pipeline
     def predict(source: str, registry_dir: str, instances: str, output_dir: str) -> Artifact:

@@ -16,21 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from local_stand_ins import HEALTH_ROUTE, PREDICT_ROUTE, checked_model, container_spec
 
 import compile as cli
 from components import container_engine as ce
 from components import local_endpoint as le
 from components import local_registry as lr
 from components.contract_check import json_difference, unmanaged_container_model_metadata
-from components.images import COMPONENTS_IMAGE
 from serving_image.server import manifest
 
-TAG = "localhost/train-to-serve-test:local-endpoint"
-HEALTH_ROUTE = "/v1/endpoints/local/deployedModels/penguins"
-PREDICT_ROUTE = f"{HEALTH_ROUTE}:predict"
-# One worker: the server's health answers 200 once *a* worker has loaded the model, and with
-# several a predict request can still reach one that is loading (503) right after deploy.
-SERVING_ENV = {"SERVING_WORKERS": "1", "MODEL_HOME": "$(AIP_STORAGE_URI)"}
 TIMINGS: dict[str, float] = {}
 
 
@@ -119,22 +113,13 @@ def test_cli_names_unknown_endpoints_and_bad_files(
 
 
 @pytest.fixture(scope="module")
-def image(engine: ce.Engine, base_image: str) -> str:
-    """The serving image without a model (it loads the one ``AIP_STORAGE_URI`` names)."""
-    result = ce.build_serving_image(
-        engine, TAG, None, base_image=base_image, on_line=lambda _: None
-    )
-    TIMINGS["build (layer cache shared with other tests)"] = result.seconds
-    return TAG
+def image(serving_image_without_model: str) -> str:
+    return serving_image_without_model
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from components.train import train_and_export
-
-    model = tmp_path_factory.mktemp("endpoint-model") / "model"
-    train_and_export("penguins", model)
-    return model
+def model_dir(penguins_model_dir: Path) -> Path:
+    return penguins_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -145,14 +130,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def version(image: str, model_dir: Path, registry: Path) -> lr.RegisteredVersion:
     """The penguins model registered with the spec the contract check emits."""
-    metadata = unmanaged_container_model_metadata(
-        image,
-        port=8080,
-        health_route=HEALTH_ROUTE,
-        predict_route=PREDICT_ROUTE,
-        env=SERVING_ENV,
-    )
-    return lr.upload_model(registry, "penguins", model_dir, metadata["containerSpec"])
+    return lr.upload_model(registry, "penguins", model_dir, container_spec(image))
 
 
 @pytest.fixture
@@ -327,20 +305,10 @@ def test_a_server_that_crashes_at_start_fails_the_deploy_and_leaves_nothing(
 def test_kfp_local_upload_then_deploy_and_the_endpoint_outlives_the_task(
     engine: ce.Engine, image: str, model_dir: Path, tmp_path: Path, endpoints_dir: Path
 ) -> None:
-    from google_cloud_pipeline_components.types.artifact_types import UnmanagedContainerModel
     from kfp import dsl, local
-    from kfp.dsl import Artifact, Output
+    from kfp.dsl import Artifact
 
-    @dsl.component(base_image=COMPONENTS_IMAGE)
-    def checked_model(ucm: Output[UnmanagedContainerModel], source: str, spec: dict):
-        import shutil
-
-        shutil.copytree(source, ucm.path)
-        ucm.metadata["containerSpec"] = spec
-
-    spec = unmanaged_container_model_metadata(
-        image, port=8080, health_route=HEALTH_ROUTE, predict_route=PREDICT_ROUTE, env=SERVING_ENV
-    )["containerSpec"]
+    spec = container_spec(image)
 
     @dsl.pipeline
     def serve(source: str, registry_dir: str, endpoints_dir: str) -> Artifact:
