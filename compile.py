@@ -380,8 +380,7 @@ def _schedule_action(args: argparse.Namespace) -> int:
 
 
 def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
-    # No import of components/ here: ``compile`` must be able to set the components image
-    # before they are first imported. Flags left at None take Vertex AI's defaults.
+    # Flags left at None take Vertex AI's defaults.
     parser = subparsers.add_parser(
         "check-contract",
         help="check a serving image against Vertex AI's custom-container contract",

@@ -221,13 +221,6 @@ def _newest_run(root: Path, pipeline_name: str, after: float) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def _count_lines(directory: Path, pattern: str) -> int:
-    return sum(
-        sum(1 for line in path.open(encoding="utf-8") if line.strip())
-        for path in sorted(directory.glob(pattern))
-    )
-
-
 def _uri_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
@@ -257,12 +250,13 @@ def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str,
         summary["endpoint"] = {key: endpoint.get(key) for key in ("resourceName", "url")}
     job = out["local-batch-predict"].get("batch_prediction_job", {}).get("metadata", {})
     if job:
-        directory = Path(_uri_path(job["outputInfo"]["gcsOutputDirectory"]))
+        counted = job["summary"]  # the runner's BatchSummary, counted from its output files
         summary["batch"] = {
-            "output_dir": str(directory),
+            "output_dir": _uri_path(job["outputInfo"]["gcsOutputDirectory"]),
             "completionStats": job.get("completionStats"),
-            "prediction_lines": _count_lines(directory, "prediction.results-*"),
-            "error_lines": _count_lines(directory, "prediction.errors_stats-*"),
+            "input_lines": int(counted["input_count"]),
+            "prediction_lines": int(counted["prediction_count"]),
+            "error_lines": int(counted["error_count"]),
         }
     summary["step_seconds"] = {s: clock.seconds[s] for s in STEPS if s in clock.seconds}
     summary["wall_seconds"] = round(wall_seconds, 2)
