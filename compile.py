@@ -607,6 +607,10 @@ def _batch_predict(args: argparse.Namespace) -> int:
     for name in ("batch_size", "workers"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be more than 0 seconds, got {args.timeout}")
+    if args.max_retries < 0:
+        raise UsageError(f"--max-retries must be 0 or more, got {args.max_retries}")
     try:
         summary = run_batch(
             args.url,

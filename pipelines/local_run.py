@@ -322,7 +322,14 @@ def _run_pipeline(
     metric = options.gate_metric or metric
     threshold = threshold if options.gate_threshold is None else options.gate_threshold
     instances = options.batch_instances
-    if not instances:
+    if instances:  # a missing file must stop the run now, not after training and deploying
+        from components.local_batch_predict import BatchInputError, resolve_inputs
+
+        try:
+            resolve_inputs(instances)
+        except BatchInputError as exc:
+            raise LocalRunError(f"--batch-instances: {exc}") from exc
+    else:
         destination = root / "batch-input" / f"{Path(options.data).stem}.jsonl"
         count = write_batch_instances(
             options.data, options.target, options.feature_columns, destination

@@ -84,3 +84,15 @@ def test_an_unreadable_input_is_named_with_exit_status_2(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert "missing.jsonl" in result.stderr
+
+
+def test_bad_timeout_and_retry_settings_are_refused(tmp_path: Path) -> None:
+    source = tmp_path / "instances.jsonl"
+    source.write_text("[1]\n")
+    common = ["--url", "http://127.0.0.1:9/predict", "--instances", str(source)]
+    out = ["--output-dir", str(tmp_path / "out")]
+    timeout = batch_predict(*common, *out, "--timeout", "0")
+    assert timeout.returncode == 2 and "--timeout must be more than 0" in timeout.stderr
+    retries = batch_predict(*common, *out, "--max-retries", "-1")
+    assert retries.returncode == 2 and "--max-retries must be 0 or more" in retries.stderr
+    assert not (tmp_path / "out").exists()

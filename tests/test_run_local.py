@@ -217,3 +217,10 @@ def test_without_a_container_engine_it_stops_before_training_and_says_what_to_do
     assert "needs podman or docker" in result.stderr
     assert "scripts/setup-container-engine.sh" in result.stderr
     assert not list(tmp_path.glob("train-to-serve-local-*")), "nothing ran"
+
+
+def test_a_missing_batch_input_stops_the_run_before_anything_runs(tmp_path: Path) -> None:
+    result = run_local(tmp_path, "--batch-instances", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2
+    assert "--batch-instances" in result.stderr and "missing.jsonl" in result.stderr
+    assert not list(tmp_path.glob("train-to-serve-local-*")), "nothing ran"
