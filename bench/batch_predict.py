@@ -21,13 +21,12 @@ What it does:
 5. prints one Markdown table: instances per second, and each row as a share of the
    in-process rate at the same batch size and of the all-at-once rate.
 
-Measured with 100k instances on a 2-CPU machine shared with other work (load average 4-5, so
-+-20 %), 4 client workers, ``SERVING_WORKERS=2``: in-process all at once ~96-125k/s; batch
-64: in-process 4.6k/s, through the server 4.9k/s (106 %: the server merges the concurrent
-requests into one model call); batch 500: 20.8k/s vs 19.6k/s (94 %); batch 2000: 92.9k/s vs
-45.5k/s (49 % of in-process at that batch, 36 % of all at once). Client and server share the
-two CPUs; past a few hundred instances per request JSON encoding and decoding on both sides
-dominate.
+Measured with 100k instances on a quiet 2-CPU machine, 4 client workers,
+``SERVING_WORKERS=2`` (the README has the table): in-process all at once ~150k/s; through the
+server 11.2k/s at batch 64 (197 % of in-process at that batch: the server merges concurrent
+requests into one model call), 39.7k/s at 500 (138 %), 53.8k/s at 2000 (70 %; 36 % of all at
+once). Client and server share the two CPUs; past a few hundred instances per request JSON
+encoding and decoding on both sides dominate.
 """
 
 import argparse
