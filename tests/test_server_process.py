@@ -97,6 +97,8 @@ def test_an_unexpected_error_is_500_json_and_one_log_line(scripted_server: Serve
     assert response.json() == {
         "error": "internal error while predicting (RuntimeError); the server log has the details"
     }
+    # The line is written before the answer, but read from the server's stdout by a thread.
+    scripted_server.wait_for_log(lambda e: e["severity"] == "ERROR")
     errors = [e for e in scripted_server.logs() if e["severity"] == "ERROR"]
     assert len(errors) == 1
     (error,) = errors
