@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUTPUT_DIR = Path("outputs")
-
 
 class UsageError(Exception):
     """A bad flag or value; printed as one line, exit status 2."""
@@ -33,7 +31,48 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _comma_list(text: str) -> list[str]:
+    """Parse a comma-separated list given on the command line (argparse ``type=``)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+FLAG_TYPES: dict[type, Callable[[str], Any]] = {
+    str: str,
+    int: int,
+    float: float,
+    list: _comma_list,
+    dict: _json_object,
+}
+"""How a pipeline parameter's flag reads its value, by the type of the parameter's default."""
+
+
+def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per parameter both pipelines share (``pipelines.parameters``); a flag left out
+    leaves the parameter out, so that the pipeline's default (or run-local's gate by task)
+    applies."""
+    from pipelines.local_run import DEFAULT_GATES
+    from pipelines.parameters import SHARED_PARAMETERS
+
+    by_task = {
+        "gate_metric": ", ".join(f"{m} for {task}" for task, (m, _) in DEFAULT_GATES.items()),
+        "gate_threshold": ", ".join(f"{t:g} for {task}" for task, (_, t) in DEFAULT_GATES.items()),
+    }
+    for parameter in SHARED_PARAMETERS:
+        default = parameter.default
+        shown = ",".join(default) if isinstance(default, list) else json.dumps(default)
+        parser.add_argument(
+            parameter.flag,
+            dest=parameter.name,
+            type=FLAG_TYPES[type(default)],
+            choices=parameter.choices or None,
+            default=argparse.SUPPRESS,
+            help=f"{parameter.help} (default: {by_task.get(parameter.name, shown)})",
+        )
+
+
 def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
+    from pipelines.local_run import DEFAULT_OUTPUT_DIR, SERVING_MODES
+
     parser = subparsers.add_parser(
         "run-local",
         help="run the whole train-to-serve pipeline on this machine (kfp.local + podman/docker)",
@@ -48,51 +87,11 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
             "a summary, also written as summary.json in the run's directory."
         ),
     )
-    parser.add_argument(
-        "--framework",
-        default="scikit-learn",
-        choices=["scikit-learn", "tensorflow"],
-        help="scikit-learn Pipeline, or a Keras model with its preprocessing layers",
-    )
-    parser.add_argument("--data", default="penguins", help="CSV/Parquet path or URI, or 'penguins'")
-    parser.add_argument("--target", default="", help="column to predict (default: species)")
-    parser.add_argument(
-        "--task", default="classification", choices=["classification", "regression"]
-    )
-    parser.add_argument(
-        "--estimator", default="auto", help="estimator name, or 'auto' (tensorflow: 'mlp')"
-    )
-    parser.add_argument(
-        "--hyperparameters", type=_json_object, default={}, help="JSON, e.g. '{\"C\": 0.5}'"
-    )
-    parser.add_argument(
-        "--feature-columns", default="", help="comma-separated feature columns (default: all)"
-    )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--gate-metric",
-        default="",
-        help="metric the evaluation gate judges (default: accuracy, or r2 for regression)",
-    )
-    parser.add_argument(
-        "--gate-threshold",
-        type=float,
-        help="bar for that metric (default: 0.8 accuracy, 0.5 r2; rmse/mae: at most this)",
-    )
-    parser.add_argument("--model-display-name", default="train-to-serve")
-    parser.add_argument(
-        "--parent-model",
-        default="",
-        help="projects/local/locations/local/models/ID: upload as a new version (a retrain)",
-    )
+    _add_pipeline_flags(parser)
     parser.add_argument(
         "--batch-instances",
         default="",
         help="jsonl or csv file(s) (path or glob) to batch-predict (default: the data's rows)",
-    )
-    parser.add_argument("--batch-instances-format", default="jsonl", choices=["jsonl", "csv"])
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="instances per request (Vertex's default)"
     )
     parser.add_argument(
         "--keep-endpoints",
@@ -104,12 +103,11 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--serving",
-        default="container",
-        choices=["container", "process"],
+        default=SERVING_MODES[0],
+        choices=SERVING_MODES,
         help=(
             "container: build the image and run it with podman/docker (default); process: "
-            "WEAKER fallback where no engine works, no image built, the server code runs as "
-            "local processes with Vertex's environment"
+            "the weaker fallback where no engine works (no image built; see the README)"
         ),
     )
     parser.set_defaults(handler=_run_local)
@@ -117,27 +115,16 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_local(args: argparse.Namespace) -> int:
     from pipelines.local_run import LocalRunOptions, format_summary, run_local
+    from pipelines.parameters import SHARED_PARAMETERS
 
-    if args.batch_size < 1:
+    given = {p.name: getattr(args, p.name) for p in SHARED_PARAMETERS if hasattr(args, p.name)}
+    if given.get("batch_size", 1) < 1:
         raise UsageError("--batch-size must be at least 1")
     summary = run_local(
         LocalRunOptions(
             output_dir=args.output_dir,
-            framework=args.framework,
-            data=args.data,
-            target=args.target,
-            task=args.task,
-            feature_columns=[c.strip() for c in args.feature_columns.split(",") if c.strip()],
-            estimator=args.estimator,
-            hyperparameters=args.hyperparameters,
-            seed=args.seed,
-            gate_metric=args.gate_metric,
-            gate_threshold=args.gate_threshold,
-            model_display_name=args.model_display_name,
-            parent_model=args.parent_model,
+            parameters=given,
             batch_instances=args.batch_instances,
-            batch_instances_format=args.batch_instances_format,
-            batch_size=args.batch_size,
             keep_endpoints=args.keep_endpoints,
             serving=args.serving,
         )
@@ -380,7 +367,10 @@ def _schedule_action(args: argparse.Namespace) -> int:
 
 
 def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
-    # Flags left at None take Vertex AI's defaults.
+    from components import vertex
+    from components.contract import CheckSettings
+
+    defaults = CheckSettings()
     parser = subparsers.add_parser(
         "check-contract",
         help="check a serving image against Vertex AI's custom-container contract",
@@ -393,14 +383,18 @@ def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--image", required=True, help="image name or id in the local engine")
-    parser.add_argument("--port", type=int, help="containerSpec port (default: 8080)")
+    parser.add_argument(
+        "--port", type=int, default=vertex.DEFAULT_PORT, help="containerSpec port (%(default)s)"
+    )
     parser.add_argument(
         "--health-route",
-        help="containerSpec.healthRoute (default: Vertex's /v1/endpoints/E/deployedModels/D)",
+        default=vertex.DEFAULT_HEALTH_ROUTE,
+        help="containerSpec.healthRoute (default: Vertex's, %(default)s)",
     )
     parser.add_argument(
         "--predict-route",
-        help="containerSpec.predictRoute (default: Vertex's .../deployedModels/D:predict)",
+        default=vertex.DEFAULT_PREDICT_ROUTE,
+        help="containerSpec.predictRoute (default: Vertex's, %(default)s)",
     )
     parser.add_argument(
         "--model-dir",
@@ -421,48 +415,52 @@ def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
         "--env", action="append", default=[], metavar="NAME=VALUE", help="container variable"
     )
     parser.add_argument(
-        "--startup-deadline", type=float, help="seconds health may take to answer 200 (120)"
+        "--startup-deadline",
+        type=float,
+        default=defaults.startup_deadline_s,
+        help="seconds health may take to answer 200 (%(default)g)",
     )
     parser.add_argument(
-        "--grace-period", type=float, help="seconds allowed from SIGTERM to exit (30)"
+        "--grace-period",
+        type=float,
+        default=defaults.grace_period_s,
+        help="seconds allowed from SIGTERM to exit (%(default)g)",
     )
     parser.set_defaults(handler=_check_contract)
 
 
 def _check_contract(args: argparse.Namespace) -> int:
-    from components import contract_check as cc
-    from components.container_engine import ContainerEngineError
-    from serving_image.server import manifest
+    from components.contract import CheckSettings, check_image
+    from components.runners import RunnerError
+    from serving_image.server import artifact
 
     instances_path = args.instances
     expected_path = args.expected
     if instances_path is None and args.model_dir is not None:
-        instances_path = args.model_dir / manifest.INSTANCES_FILE
-        if expected_path is None and (args.model_dir / manifest.EXPECTED_FILE).is_file():
-            expected_path = args.model_dir / manifest.EXPECTED_FILE
+        instances_path = args.model_dir / artifact.INSTANCES_FILE
+        if expected_path is None and (args.model_dir / artifact.EXPECTED_FILE).is_file():
+            expected_path = args.model_dir / artifact.EXPECTED_FILE
     if instances_path is None:
         raise UsageError("give --instances FILE.jsonl, or --model-dir with instances_sample.jsonl")
     env = dict(item.partition("=")[::2] for item in args.env)
-    defaults = cc.CheckSettings()
-    settings = cc.CheckSettings(
-        startup_deadline_s=args.startup_deadline or defaults.startup_deadline_s,
-        grace_period_s=args.grace_period or defaults.grace_period_s,
+    settings = CheckSettings(
+        startup_deadline_s=args.startup_deadline, grace_period_s=args.grace_period
     )
     try:
-        report = cc.check_image(
+        report = check_image(
             args.image,
-            instances=manifest.read_jsonl(instances_path),
-            expected=manifest.read_jsonl(expected_path) if expected_path else None,
-            port=args.port or cc.DEFAULT_PORT,
-            health_route=args.health_route or cc.DEFAULT_HEALTH_ROUTE,
-            predict_route=args.predict_route or cc.DEFAULT_PREDICT_ROUTE,
+            instances=artifact.read_jsonl(instances_path),
+            expected=artifact.read_jsonl(expected_path) if expected_path else None,
+            port=args.port,
+            health_route=args.health_route,
+            predict_route=args.predict_route,
             model_dir=args.model_dir,
             env=env,
             settings=settings,
         )
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    except ContainerEngineError as exc:
+    except RunnerError as exc:
         print(f"error: the check could not run: {exc}", file=sys.stderr)
         return 2
     print(report.verdict())
@@ -478,13 +476,14 @@ def _check_contract(args: argparse.Namespace) -> int:
 
 
 def _add_endpoints(subparsers: argparse._SubParsersAction) -> None:
-    # No import of components/ here (see _add_check_contract).
+    from pipelines.local_run import DEFAULT_OUTPUT_DIR
+
     parser = subparsers.add_parser(
         "endpoints",
         help="list, call or undeploy the local endpoints that run-local deploys",
         description=(
             "The local stand-in for Vertex AI endpoints: each is a serving container started by "
-            "run-local's deploy step (components/local_endpoint.py) and recorded in "
+            "run-local's deploy step (components/stand_ins/endpoints.py) and recorded in "
             "--endpoints-dir. Undeploy stops and removes the container."
         ),
     )
@@ -518,7 +517,8 @@ def _add_endpoints(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _endpoints(args: argparse.Namespace) -> int:
-    from components import local_endpoint as le
+    from components import stand_ins as le
+    from components.runners import RunnerError
 
     try:
         if args.action == "list":
@@ -542,13 +542,13 @@ def _endpoints(args: argparse.Namespace) -> int:
         return 0
     except le.EndpointInputError as exc:
         raise UsageError(str(exc)) from None
-    except (le.EndpointError, le.ce.ContainerEngineError) as exc:
+    except (le.EndpointError, RunnerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
 def _endpoints_list(endpoints_dir: Path) -> int:
-    from components import local_endpoint as le
+    from components import stand_ins as le
 
     endpoints = le.list_endpoints(endpoints_dir)
     for endpoint in endpoints:
@@ -567,6 +567,10 @@ def _endpoints_list(endpoints_dir: Path) -> int:
 
 
 def _add_batch_predict(subparsers: argparse._SubParsersAction) -> None:
+    from components.stand_ins import batch_runner as runner
+    from components.stand_ins.batch_inputs import FORMATS
+    from components.stand_ins.sender import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
+
     parser = subparsers.add_parser(
         "batch-predict",
         help="batch-predict files of instances against any running model server",
@@ -588,21 +592,27 @@ def _add_batch_predict(subparsers: argparse._SubParsersAction) -> None:
         "--instances", required=True, nargs="+", help="input files or glob patterns"
     )
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
-    parser.add_argument("--batch-size", type=int, default=64, help="instances per request")
-    parser.add_argument("--workers", type=int, default=4, help="concurrent requests")
+    parser.add_argument("--format", default=FORMATS[0], choices=FORMATS)
+    parser.add_argument(
+        "--batch-size", type=int, default=runner.DEFAULT_BATCH_SIZE, help="instances per request"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=runner.DEFAULT_WORKERS, help="concurrent requests"
+    )
     parser.add_argument("--key-field", default="", help="field sent back as 'key', not sent")
     parser.add_argument(
         "--parameters", type=_json_object, help="JSON object sent as parameters with every request"
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    parser.add_argument("--max-retries", type=int, default=5)
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request"
+    )
+    parser.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_batch_predict)
 
 
 def _batch_predict(args: argparse.Namespace) -> int:
-    from components.local_batch_predict import BatchPredictError, run_batch
+    from components.stand_ins import BatchPredictError, run_batch
 
     for name in ("batch_size", "workers"):
         if getattr(args, name) < 1:
@@ -660,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; errors become one line and an exit status."""
     args = build_parser().parse_args(argv)
-    from components.train import TrainingInputError
+    from components.training import TrainingInputError
     from pipelines.local_run import LocalRunError
     from pipelines.parameters import ParameterError
     from pipelines.vertex_jobs import SubmitError

@@ -45,9 +45,10 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from components.contract_check import free_local_port, json_difference  # noqa: E402
-from components.local_batch_predict import RESULTS_PREFIX, run_batch  # noqa: E402
-from serving_image.server import manifest as contract  # noqa: E402
+from components.runners import free_local_port  # noqa: E402
+from components.stand_ins import RESULTS_PREFIX, run_batch  # noqa: E402
+from serving_image.server import artifact  # noqa: E402
+from serving_image.server.predictions import json_difference  # noqa: E402
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Row:
 
 def make_instances(model_dir: Path, count: int, path: Path) -> list[Any]:
     """``count`` instances, the model's sample repeated; written to ``path`` as jsonl."""
-    sample = contract.read_jsonl(model_dir / contract.INSTANCES_FILE)
+    sample = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
     rows = [sample[i % len(sample)] for i in range(count)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return rows
@@ -79,7 +80,7 @@ def in_process(model_dir: Path, rows: list[Any], batch: int | None) -> tuple[Row
     import joblib
     import pandas as pd
 
-    model = joblib.load(model_dir / contract.MODEL_FILE)
+    model = joblib.load(model_dir / artifact.MODEL_FILE)
     classes = [str(c) for c in model.classes_]
     size = batch or len(rows)
     answers: list[Any] = []
@@ -171,7 +172,7 @@ def main() -> None:
         work = Path(tmp)
         model_dir = args.model_dir
         if model_dir is None:
-            from components.train import train_and_export
+            from components.training import train_and_export
 
             model_dir = work / "model"
             train_and_export("penguins", model_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from components import local_endpoint as le  # noqa: E402
+from components import stand_ins  # noqa: E402
 from pipelines.local_run import STEPS  # noqa: E402
 
 
@@ -53,8 +53,8 @@ def main() -> None:
             print(f"run {index + 1}: {summaries[-1]['wall_seconds']:.1f} s", file=sys.stderr)
     finally:
         endpoints = output_dir / "endpoints"
-        for endpoint in le.list_endpoints(endpoints) if endpoints.exists() else []:
-            le.undeploy(endpoint.endpoint_id, endpoints_dir=endpoints)
+        for endpoint in stand_ins.list_endpoints(endpoints) if endpoints.exists() else []:
+            stand_ins.undeploy(endpoint.endpoint_id, endpoints_dir=endpoints)
     print("| run | wall s | " + " | ".join(STEPS) + " |")
     print("|---|---|" + "---|" * len(STEPS))
     for index, summary in enumerate(summaries, 1):

@@ -19,7 +19,7 @@ What it does, all on loopback with bounded durations:
    configured and once more with ``SERVING_MAX_BATCH_INSTANCES=1`` (no merging of
    concurrent requests), to show what each design choice contributes;
 4. installs Vertex CPR (``google-cloud-aiplatform[prediction]``) into ``--cpr-venv`` unless it
-   is there, and serves the same model with a small CPR ``Predictor`` (anchors.md §2.2): a
+   is there, and serves the same model with a small CPR ``Predictor`` (as CPR's guide has it): a
    DataFrame from the instances, then ``predict`` + ``predict_proba`` for the same answer as
    ours (label and probabilities), and once more answering labels only (one pipeline pass,
    CPR's own ``SklearnPredictor`` behaviour) as the strongest CPR baseline;
@@ -56,7 +56,8 @@ import orjson
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from serving_image.server import manifest as contract  # noqa: E402
+from components.runners import free_local_port  # noqa: E402
+from serving_image.server import artifact  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CPR_PACKAGES = ("google-cloud-aiplatform[prediction]", "scikit-learn", "pandas", "numpy", "joblib")
@@ -202,14 +203,6 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         self.log.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_hey(url: str, body_file: Path, seconds: float, concurrency: int) -> dict[str, float]:
@@ -375,11 +368,11 @@ def main() -> None:
 def run(args: argparse.Namespace, work: Path) -> None:
     model_dir = args.model_dir
     if model_dir is None:
-        from components.train import train_and_export
+        from components.training import train_and_export
 
         model_dir = work / "model"
         train_and_export("penguins", model_dir)
-    instances = contract.read_jsonl(model_dir / contract.INSTANCES_FILE)
+    instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
     batches = [int(b) for b in args.batches.split(",")]
     raw = {
         b: orjson.dumps({"instances": (instances * (b // len(instances) + 1))[:b]}) for b in batches
@@ -398,10 +391,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
     app = work / "app"
     shutil.copytree(args.package, app / "server", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([args.python, "-m", "compileall", "-q", str(app / "server")], check=True)
-    expected = contract.read_jsonl(model_dir / contract.EXPECTED_FILE)
+    expected = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)
 
     def ours(name: str = "ours", extra_env: dict[str, str] | None = None) -> Server:
-        port = free_port()
+        port = free_local_port()
         server_env = {
             **env,
             "AIP_HTTP_PORT": str(port),
@@ -466,7 +459,7 @@ def run_cpr(
     for output, name in (("both", "Vertex CPR"), ("label", "Vertex CPR, labels only")):
         cwd = work / f"cpr-{output}"  # CPR downloads the artifacts into its working directory
         cwd.mkdir()
-        port = free_port()
+        port = free_local_port()
         cpr_env = {
             **env,
             "PYTHONPATH": str(work),

@@ -34,9 +34,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from serving import Server, free_port, run_hey  # noqa: E402
+from serving import Server, run_hey  # noqa: E402
 
-from serving_image.server import manifest as contract  # noqa: E402
+from components.runners import free_local_port  # noqa: E402
+from serving_image.server import artifact  # noqa: E402
 
 FRAMEWORK_MODULES = {"scikit-learn": "sklearn", "tensorflow": "tensorflow"}
 LOAD_SCRIPT = textwrap.dedent(
@@ -75,7 +76,7 @@ def load_times(framework: str, model_dir: Path, runs: int) -> tuple[float, float
 
 def request_bodies(model_dir: Path, work: Path) -> dict[int, Path]:
     """``{"instances": [...]}`` files of 1 and 100 sample instances."""
-    instances = contract.read_jsonl(model_dir / contract.INSTANCES_FILE)
+    instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
     bodies = {}
     for count in (1, 100):
         rows = (instances * (count // len(instances) + 1))[:count]
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--startups", type=int, default=2, help="fresh load-time processes")
     args = parser.parse_args()
 
-    from components.train import train_and_export
+    from components.training import train_and_export
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="tts-bench-tf-") as scratch:
@@ -102,7 +103,7 @@ def main() -> None:
             model_dir = work / framework
             train_and_export("penguins", model_dir, framework=framework)
             imported, loaded = load_times(framework, model_dir, args.startups)
-            port = free_port()
+            port = free_local_port()
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("AIP_", "SERVING_"))},
                 "AIP_HTTP_PORT": str(port),

@@ -9,7 +9,7 @@ around it:
 * a check that a container engine works, before anything is trained;
 * process mode (``serving="process"``, ``--serving process``): where no engine works, no image
   is built and the contract check, the endpoint and the batch job run the same server code as
-  local processes with Vertex's environment (``components/server_process.py``), a weaker
+  local processes with Vertex's environment (``components/runners/process.py``), a weaker
   check that the summary labels (``"serving": "process"``);
 * the batch input: by default every row of the training table, features only, one JSON
   object per line (what a user would send to Vertex's batch prediction);
@@ -39,6 +39,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from components.imaging import BuildError, choose_base_image
+from components.runners import (
+    ENGINE_ENV,
+    PROCESS,
+    PROCESS_MODE_NOTE,
+    ProcessRunner,
+    RunnerError,
+    detect_engine,
+)
+from components.stand_ins import BatchInputError, list_endpoints, resolve_inputs, undeploy
+from components.training import TrainingInputError, load_table
+from pipelines.parameters import DEFAULTS
+
+DEFAULT_OUTPUT_DIR = Path("outputs")
 DEFAULT_GATES = {"classification": ("accuracy", 0.8), "regression": ("r2", 0.5)}
 """Gate metric and threshold by task, when none is given."""
 STEPS = (
@@ -52,13 +66,8 @@ STEPS = (
 )
 """The pipeline's tasks in DAG order (kfp.local's task names)."""
 SUMMARY_FILE = "summary.json"
-SERVING_MODES = ("container", "process")
+SERVING_MODES = ("container", PROCESS)
 """How the run serves the model: the image in podman/docker, or process mode."""
-PROCESS_MODE_LABEL = (
-    "PROCESS MODE (weaker than the container check): no image is built; the contract check, "
-    "the endpoint and the batch job run the server code as local processes with Vertex's "
-    "environment, so the image itself (entrypoint, dependencies, user, size) is not checked"
-)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
@@ -73,30 +82,26 @@ class LocalRunError(RuntimeError):
 class LocalRunOptions:
     """What ``compile.py run-local`` passes; defaults train a classifier on penguins."""
 
-    output_dir: Path = Path("outputs")
-    framework: str = "scikit-learn"
-    data: str = "penguins"
-    target: str = ""
-    task: str = "classification"
-    feature_columns: list[str] = field(default_factory=list)
-    estimator: str = "auto"
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    seed: int = 42
-    gate_metric: str = ""
-    """Empty: ``DEFAULT_GATES[task]``."""
-    gate_threshold: float | None = None
-    model_display_name: str = "train-to-serve"
-    parent_model: str = ""
-    """``projects/local/locations/local/models/ID``: upload as its new version (a retrain)."""
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    parameters: dict[str, Any] = field(default_factory=dict)
+    """Values of ``SHARED_PARAMETERS`` given; the others take their defaults, and the gate
+    ``DEFAULT_GATES[task]``."""
     batch_instances: str = ""
     """jsonl/csv file(s) to predict; empty: every row of the training table."""
-    batch_instances_format: str = "jsonl"
-    batch_size: int = 64
     keep_endpoints: bool = False
     """Keep earlier local endpoints of the same model running (default: undeploy them)."""
     serving: str = "container"
     """``container`` (podman/docker) or ``process`` (process mode: no engine needed, weaker;
     also chosen by ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process``)."""
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The shared pipeline parameters: the defaults, the task's gate, then those given."""
+        task = self.parameters.get("task", DEFAULTS["task"])
+        if task not in DEFAULT_GATES:
+            raise LocalRunError(f"unknown task {task!r}; use one of {sorted(DEFAULT_GATES)}")
+        metric, threshold = DEFAULT_GATES[task]
+        gate = {"gate_metric": metric, "gate_threshold": threshold}
+        return {**DEFAULTS, **gate, **self.parameters}
 
 
 class StepClock(io.TextIOBase):
@@ -149,8 +154,6 @@ def write_batch_instances(
     This is the default batch input: the rows a user would score, in Vertex's jsonl shape
     (one JSON object keyed by feature name per line). Returns the number of lines.
     """
-    from components.train import TrainingInputError, load_table
-
     frame, default_target = load_table(data)
     frame.columns = [str(c) for c in frame.columns]
     target = target or default_target or ""
@@ -166,39 +169,33 @@ def write_batch_instances(
 def serving_mode(requested: str) -> str:
     """``process`` when asked for by ``requested`` or ``TRAIN_TO_SERVE_CONTAINER_ENGINE``,
     else ``container``; ``LocalRunError`` for an unknown mode."""
-    from components import container_engine as ce
-
     if requested not in SERVING_MODES:
         raise LocalRunError(f"unknown serving mode {requested!r}; use one of {SERVING_MODES}")
-    explicit = os.environ.get(ce.ENGINE_ENV, "").strip() == ce.PROCESS
-    return ce.PROCESS if explicit else requested
+    explicit = os.environ.get(ENGINE_ENV, "").strip() == PROCESS
+    return PROCESS if explicit else requested
 
 
 def check_engine(serving: str = "container") -> str:
-    """The engine's path (``process`` in process mode); ``LocalRunError`` saying what to do
-    when it does not work."""
-    from components import container_engine as ce
-
-    try:
-        if serving == ce.PROCESS:
-            return ce.detect_engine(ce.PROCESS).path
-        engine = ce.detect_engine()
-        ce.choose_base_image(engine)
-    except ce.ContainerEngineError as exc:
-        if serving == ce.PROCESS:
+    """The runner's reference (``process`` in process mode); ``LocalRunError`` saying what to
+    do when it does not work."""
+    if serving == PROCESS:
+        try:
+            return ProcessRunner.create().reference
+        except RunnerError as exc:
             raise LocalRunError(f"process mode cannot run the model server here: {exc}") from exc
+    try:
+        engine = detect_engine()
+        choose_base_image(engine)
+    except (RunnerError, BuildError) as exc:
         raise LocalRunError(
             "run-local builds the serving image and runs it as Vertex would, which needs "
             f"podman or docker, and none works here:\n  {exc}\n"
             "Set one up with `bash scripts/setup-container-engine.sh` (Debian/Ubuntu, as "
             "root; `make run` does this), or point TRAIN_TO_SERVE_CONTAINER_ENGINE at a "
             "working podman/docker binary.\n"
-            "Or run with `--serving process`: process mode, WEAKER than the container check. "
-            "No image is built; the same server code serves the model as a local process with "
-            "Vertex's environment, so the image itself (entrypoint, dependencies, user, size) "
-            "is not checked."
+            f"Or run with `--serving process`: {PROCESS_MODE_NOTE}."
         ) from exc
-    return engine.path
+    return engine.reference
 
 
 def _outputs(task_dir: Path) -> dict[str, Any]:
@@ -265,15 +262,13 @@ def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str,
 
 def _replace_earlier_endpoints(endpoints_dir: Path, summary: dict[str, Any]) -> list[str]:
     """Undeploy the other local endpoints of this model; their resource names."""
-    from components import local_endpoint as le
-
     new = summary.get("endpoint", {}).get("resourceName")
     version = summary.get("model_version", {}).get("resourceName", "")
     model = version.split("@", 1)[0]
     replaced = []
-    for endpoint in le.list_endpoints(endpoints_dir):
+    for endpoint in list_endpoints(endpoints_dir):
         if endpoint.resource_name != new and endpoint.model.split("@", 1)[0] == model:
-            le.undeploy(endpoint.endpoint_id, endpoints_dir=endpoints_dir)
+            undeploy(endpoint.endpoint_id, endpoints_dir=endpoints_dir)
             replaced.append(endpoint.resource_name)
     return replaced
 
@@ -289,24 +284,22 @@ def run_local(options: LocalRunOptions, out: TextIO | None = None) -> dict[str, 
             failed (the message names it).
         TrainingInputError: bad training data or columns, before anything runs.
     """
-    from components import container_engine as ce
-
     out = out or sys.stdout
     started = time.monotonic()
     serving = serving_mode(options.serving)
     check_engine(serving)
-    if serving != ce.PROCESS:
+    if serving != PROCESS:
         return _run_pipeline(options, out, started, serving)
-    out.write(f"serving: {PROCESS_MODE_LABEL}\n")
-    saved = os.environ.get(ce.ENGINE_ENV)
-    os.environ[ce.ENGINE_ENV] = ce.PROCESS
+    out.write(f"serving: {PROCESS_MODE_NOTE}\n")
+    saved = os.environ.get(ENGINE_ENV)
+    os.environ[ENGINE_ENV] = PROCESS
     try:
         return _run_pipeline(options, out, started, serving)
     finally:
         if saved is None:
-            os.environ.pop(ce.ENGINE_ENV, None)
+            os.environ.pop(ENGINE_ENV, None)
         else:
-            os.environ[ce.ENGINE_ENV] = saved
+            os.environ[ENGINE_ENV] = saved
 
 
 def _run_pipeline(
@@ -318,43 +311,27 @@ def _run_pipeline(
     from pipelines.train_to_serve import LOCAL_PIPELINE_NAME, build_pipeline
 
     root = options.output_dir.resolve()
-    metric, threshold = DEFAULT_GATES[options.task]
-    metric = options.gate_metric or metric
-    threshold = threshold if options.gate_threshold is None else options.gate_threshold
+    parameters = options.pipeline_arguments()
     instances = options.batch_instances
     if instances:  # a missing file must stop the run now, not after training and deploying
-        from components.local_batch_predict import BatchInputError, resolve_inputs
-
         try:
             resolve_inputs(instances)
         except BatchInputError as exc:
             raise LocalRunError(f"--batch-instances: {exc}") from exc
     else:
-        destination = root / "batch-input" / f"{Path(options.data).stem}.jsonl"
+        data = parameters["data"]
+        destination = root / "batch-input" / f"{Path(data).stem}.jsonl"
         count = write_batch_instances(
-            options.data, options.target, options.feature_columns, destination
+            data, parameters["target"], parameters["feature_columns"], destination
         )
         instances = str(destination)
-        out.write(f"batch input: {count} rows of {options.data!r} as jsonl in {destination}\n")
+        out.write(f"batch input: {count} rows of {data!r} as jsonl in {destination}\n")
     arguments = {
         "registry_dir": str(root / "registry"),
         "endpoints_dir": str(root / "endpoints"),
         "batch_instances": instances,
         "batch_output_dir": str(root / "batch-predictions"),
-        "framework": options.framework,
-        "data": options.data,
-        "target": options.target,
-        "task": options.task,
-        "feature_columns": options.feature_columns,
-        "estimator": options.estimator,
-        "hyperparameters": options.hyperparameters,
-        "seed": options.seed,
-        "gate_metric": metric,
-        "gate_threshold": threshold,
-        "model_display_name": options.model_display_name,
-        "parent_model": options.parent_model,
-        "batch_instances_format": options.batch_instances_format,
-        "batch_size": options.batch_size,
+        **parameters,
     }
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -391,7 +368,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a few lines a person reads at the end of the run."""
     lines = [f"run: {summary['run_dir']}"]
     if summary.get("serving") == "process":
-        lines.append(f"serving: {PROCESS_MODE_LABEL}")
+        lines.append(f"serving: {PROCESS_MODE_NOTE}")
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
     lines.append(f"model ({summary['framework']}): {summary['model_dir']} ({metrics})")
     lines.append(f"image: {summary['image']}")

@@ -1,17 +1,120 @@
-"""Check and convert pipeline parameter values against a compiled pipeline spec.
+"""The pipeline's parameters: those both backends share, declared once, and the checks of
+parameter values against a compiled pipeline spec.
 
-The aiplatform SDK accepts wrong types and missing required values and lets the run fail on
-Vertex minutes later; these checks run before any request is sent.
+``SHARED_PARAMETERS`` gives the Vertex and the local pipeline their common parameters' defaults
+and ``compile.py run-local`` its flags. The aiplatform SDK accepts wrong types and missing
+required values and lets the run fail on Vertex minutes later; ``validate_parameters`` and
+friends run before any request is sent.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from components.stand_ins.batch_inputs import FORMATS
+from components.stand_ins.batch_runner import DEFAULT_BATCH_SIZE
+from components.stand_ins.registry import DEFAULT_ALIAS
+from components.training import FRAMEWORKS
+from serving_image.server.artifact import TASKS
+
+
+@dataclass(frozen=True)
+class SharedParameter:
+    """A parameter both pipelines take, with the same default; ``run-local`` offers it as a
+    flag."""
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        """``--feature-columns`` for ``feature_columns``."""
+        return "--" + self.name.replace("_", "-")
+
+
+SHARED_PARAMETERS = (
+    SharedParameter(
+        "framework",
+        "scikit-learn",
+        "scikit-learn Pipeline, or a Keras model with its preprocessing layers",
+        FRAMEWORKS,
+    ),
+    SharedParameter("data", "penguins", "CSV/Parquet path or URI, or 'penguins'"),
+    SharedParameter("target", "", "column to predict (empty: the bundled data set's default)"),
+    SharedParameter("task", "classification", "what to predict", TASKS),
+    SharedParameter("feature_columns", [], "feature columns (empty: all but the target)"),
+    SharedParameter("estimator", "auto", "estimator name, or 'auto' (tensorflow: 'mlp')"),
+    SharedParameter("hyperparameters", {}, 'estimator keyword arguments, e.g. {"C": 0.5}'),
+    SharedParameter("seed", 42, "seed for the split and the estimator"),
+    SharedParameter(
+        "gate_metric", "accuracy", "metric the evaluation gate judges (rmse/mae: lower is better)"
+    ),
+    SharedParameter("gate_threshold", 0.8, "bar for that metric (rmse/mae: at most this)"),
+    SharedParameter("model_display_name", "train-to-serve", "the model's display name"),
+    SharedParameter(
+        "parent_model", "", "resource name of an existing model: upload as its new version"
+    ),
+    SharedParameter(
+        "version_aliases", [DEFAULT_ALIAS], "aliases of the new version (default: serve it)"
+    ),
+    SharedParameter("batch_instances_format", "jsonl", "format of the batch input", FORMATS),
+    SharedParameter(
+        "batch_size", DEFAULT_BATCH_SIZE, "instances per request to the container (Vertex's)"
+    ),
+)
+"""The parameters whose name, default and meaning are the same in both pipelines."""
+DEFAULTS: dict[str, Any] = {parameter.name: parameter.default for parameter in SHARED_PARAMETERS}
+TRAINING_PARAMETERS = (
+    "framework",
+    "data",
+    "target",
+    "task",
+    "feature_columns",
+    "estimator",
+    "hyperparameters",
+    "seed",
+)
+"""Pipeline parameters passed on to ``train`` unchanged, the same in both backends."""
+
+
+def with_shared_parameters(pipeline: Callable[..., None]) -> Callable[..., None]:
+    """Declare ``SHARED_PARAMETERS`` on a pipeline function, after its own parameters.
+
+    KFP reads a pipeline's parameters from ``inspect.signature`` and calls it with one
+    argument per parameter, in order; the function itself takes its own parameters by name
+    and the shared ones as ``**shared``.
+    """
+    signature = inspect.signature(pipeline)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    shared = [
+        inspect.Parameter(
+            parameter.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=parameter.default,
+            annotation=type(parameter.default),
+        )
+        for parameter in SHARED_PARAMETERS
+    ]
+    declared = signature.replace(parameters=[*own, *shared])
+
+    @functools.wraps(pipeline)
+    def call(*args: Any, **kwargs: Any) -> None:
+        bound = declared.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return pipeline(**bound.arguments)
+
+    call.__signature__ = declared  # type: ignore[attr-defined]
+    return call
 
 # Compiled KFP parameter types and the Python types that satisfy them.
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {

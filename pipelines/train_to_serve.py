@@ -32,12 +32,15 @@ from components.build_image import build_image
 from components.contract_check import contract_check
 from components.evaluation_gate import evaluation_gate
 from components.images import COMPONENTS_IMAGE, with_image
+from components.imaging import DEFAULT_IMAGE_NAME
 from components.local_batch_predict import local_batch_predict
-from components.local_endpoint import local_model_deploy
-from components.local_registry import local_model_upload
+from components.local_model_deploy import local_model_deploy
+from components.local_model_upload import local_model_upload
 from components.train import train
 from pipelines.accelerators import check_accelerator
-from pipelines.vertex_jobs import PIPELINE_NAME
+from pipelines.parameters import TRAINING_PARAMETERS, with_shared_parameters
+
+PIPELINE_NAME = "train-to-serve"
 
 OUR_COMPONENTS = {
     "train": train,
@@ -53,17 +56,6 @@ LOCAL_STAND_INS = {
 }
 """What the local backend runs in place of GCPC's upload, endpoint/deploy and batch ops."""
 BACKENDS = ("vertex", "local")
-TRAINING_PARAMETERS = (
-    "framework",
-    "data",
-    "target",
-    "task",
-    "feature_columns",
-    "estimator",
-    "hyperparameters",
-    "seed",
-)
-"""Pipeline parameters passed on to ``train`` unchanged, the same in both backends."""
 LOCAL_PIPELINE_NAME = f"{PIPELINE_NAME}-local"
 DISPLAY_NAME_HINT = "letters, digits, spaces, '-', '_' and '.' only"
 
@@ -108,12 +100,7 @@ def _upload(
 
 
 def _train_build_check_gate(
-    ours: dict[str, Any],
-    *,
-    training: dict[str, Any],
-    build: dict[str, Any],
-    gate_metric: Any,
-    gate_threshold: Any,
+    ours: dict[str, Any], shared: dict[str, Any], build: dict[str, Any]
 ) -> tuple[Any, Any, Any]:
     """The first half, shared by both backends: train, build, check, and the gate.
 
@@ -122,13 +109,15 @@ def _train_build_check_gate(
     ``dsl.If(gate.output == True)``). The gate runs after the check so that a model that
     would fail on Vertex stops the run even when its metrics are good.
     """
-    trained = ours["train"](**training)
+    trained = ours["train"](**{name: shared[name] for name in TRAINING_PARAMETERS})
     built = ours["build_image"](model=trained.outputs["model"], **build)
     checked = ours["contract_check"](
         image_uri=built.outputs["image_uri"], model=trained.outputs["model"]
     )
     gate = ours["evaluation_gate"](
-        metrics=trained.outputs["metrics"], metric=gate_metric, threshold=gate_threshold
+        metrics=trained.outputs["metrics"],
+        metric=shared["gate_metric"],
+        threshold=shared["gate_threshold"],
     )
     gate.after(checked)
     return trained, checked, gate
@@ -162,34 +151,21 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
         "serving image, gate on evaluation, upload to the Model Registry, deploy to an endpoint "
         "and run a GPU batch prediction job.",
     )
+    @with_shared_parameters
     def train_to_serve(
         project: str,
         staging_bucket: str,
         batch_output_uri_prefix: str,
         batch_gcs_source_uris: list = [],  # noqa: B006
         location: str = "us-central1",
-        framework: str = "scikit-learn",
-        data: str = "penguins",
-        target: str = "",
-        task: str = "classification",
-        feature_columns: list = [],  # noqa: B006 (KFP needs literal defaults)
-        estimator: str = "auto",
-        hyperparameters: dict = {},  # noqa: B006
-        seed: int = 42,
         image_repository: str = "train-to-serve",
         image_name: str = "serving",
-        gate_metric: str = "accuracy",
-        gate_threshold: float = 0.8,
-        model_display_name: str = "train-to-serve",
-        parent_model: str = "",
-        version_aliases: list = ["default"],  # noqa: B006
         endpoint: str = "",
         endpoint_display_name: str = "train-to-serve",
         deploy_machine_type: str = "n1-standard-2",
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
         deploy_traffic_split: dict = {"0": "100"},  # noqa: B006
-        batch_instances_format: str = "jsonl",
         batch_predictions_format: str = "jsonl",
         batch_bigquery_source: str = "",
         batch_bigquery_destination: str = "",
@@ -197,7 +173,7 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
         batch_accelerator_type: str = "NVIDIA_TESLA_T4",
         batch_accelerator_count: int = 1,
         batch_replica_count: int = 1,
-        batch_size: int = 64,
+        **shared: Any,
     ) -> None:
         """Train-to-serve on Vertex AI.
 
@@ -229,7 +205,6 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             batch_replica_count: replicas of the batch job (batch does not autoscale).
             batch_size: instances per request to the container (Vertex's default is 64).
         """
-        arguments = locals()
         build = {
             "image_name": image_name,
             "project": project,
@@ -237,21 +212,15 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             "repository": image_repository,
             "staging_bucket": staging_bucket,
         }
-        trained, checked, gate = _train_build_check_gate(
-            ours,
-            training={name: arguments[name] for name in TRAINING_PARAMETERS},
-            build=build,
-            gate_metric=gate_metric,
-            gate_threshold=gate_threshold,
-        )
+        trained, checked, gate = _train_build_check_gate(ours, shared, build)
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
             model = _upload(
                 checked.outputs["unmanaged_container_model"],
                 project=project,
                 location=location,
-                display_name=model_display_name,
-                parent_model=parent_model,
-                version_aliases=version_aliases,
+                display_name=shared["model_display_name"],
+                parent_model=shared["parent_model"],
+                version_aliases=shared["version_aliases"],
             )
             with dsl.If(endpoint == "", name="new-endpoint"):
                 created = EndpointCreateOp(
@@ -266,7 +235,7 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             ModelDeployOp(
                 model=model,
                 endpoint=dsl.OneOf(created.outputs["endpoint"], existing.output),
-                deployed_model_display_name=model_display_name,
+                deployed_model_display_name=shared["model_display_name"],
                 dedicated_resources_machine_type=deploy_machine_type,
                 dedicated_resources_min_replica_count=deploy_min_replicas,
                 dedicated_resources_max_replica_count=deploy_max_replicas,
@@ -275,8 +244,8 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             batch_job = {
                 "project": project,
                 "location": location,
-                "job_display_name": model_display_name,
-                "instances_format": batch_instances_format,
+                "job_display_name": shared["model_display_name"],
+                "instances_format": shared["batch_instances_format"],
                 "predictions_format": batch_predictions_format,
                 "gcs_source_uris": batch_gcs_source_uris,
                 "bigquery_source_input_uri": batch_bigquery_source,
@@ -287,13 +256,13 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
                 "accelerator_count": batch_accelerator_count,
                 "starting_replica_count": batch_replica_count,
                 "max_replica_count": batch_replica_count,
-                "manual_batch_tuning_parameters_batch_size": batch_size,
+                "manual_batch_tuning_parameters_batch_size": shared["batch_size"],
             }
             # A TensorFlow model's batch job runs the GPU variant of its image (TensorFlow
             # with CUDA), contract-checked like the first; the endpoint keeps the CPU image.
             # The job takes the checked image as an UnmanagedContainerModel (GCPC's
             # alternative to a registry model), so the registry holds one image per version.
-            with dsl.If(framework == "tensorflow", name="gpu-image-for-batch"):
+            with dsl.If(shared["framework"] == "tensorflow", name="gpu-image-for-batch"):
                 gpu_built = ours["build_image"](model=trained.outputs["model"], gpu=True, **build)
                 gpu_checked = ours["contract_check"](
                     image_uri=gpu_built.outputs["image_uri"], model=trained.outputs["model"]
@@ -316,27 +285,14 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
         description="Train-to-serve on one machine: the Vertex pipeline's DAG with local "
         "stand-ins for the Model Registry, endpoints and batch prediction.",
     )
+    @with_shared_parameters
     def train_to_serve_local(
         registry_dir: str,
         endpoints_dir: str,
         batch_instances: str,
         batch_output_dir: str,
-        framework: str = "scikit-learn",
-        data: str = "penguins",
-        target: str = "",
-        task: str = "classification",
-        feature_columns: list = [],  # noqa: B006 (KFP needs literal defaults)
-        estimator: str = "auto",
-        hyperparameters: dict = {},  # noqa: B006
-        seed: int = 42,
-        image_name: str = "train-to-serve-model",
-        gate_metric: str = "accuracy",
-        gate_threshold: float = 0.8,
-        model_display_name: str = "train-to-serve",
-        parent_model: str = "",
-        version_aliases: list = ["default"],  # noqa: B006
-        batch_instances_format: str = "jsonl",
-        batch_size: int = 64,
+        image_name: str = DEFAULT_IMAGE_NAME,
+        **shared: Any,
     ) -> None:
         """Train-to-serve on this machine (``compile.py run-local``).
 
@@ -357,21 +313,15 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
             batch_instances_format: ``jsonl`` or ``csv``.
             batch_size: instances per request to the container (Vertex's default is 64).
         """
-        arguments = locals()
-        _, checked, gate = _train_build_check_gate(
-            ours,
-            training={name: arguments[name] for name in TRAINING_PARAMETERS},
-            build={"image_name": image_name, "builder": "local"},
-            gate_metric=gate_metric,
-            gate_threshold=gate_threshold,
-        )
+        build = {"image_name": image_name, "builder": "local"}
+        _, checked, gate = _train_build_check_gate(ours, shared, build)
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
             uploaded = ours["local_model_upload"](
-                display_name=model_display_name,
+                display_name=shared["model_display_name"],
                 unmanaged_container_model=checked.outputs["unmanaged_container_model"],
                 registry_dir=registry_dir,
-                parent_model=parent_model,
-                version_aliases=version_aliases,
+                parent_model=shared["parent_model"],
+                version_aliases=shared["version_aliases"],
             )
             ours["local_model_deploy"](
                 model=uploaded.outputs["model"],
@@ -382,9 +332,9 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
                 model=uploaded.outputs["model"],
                 registry_dir=registry_dir,
                 instances=batch_instances,
-                instances_format=batch_instances_format,
+                instances_format=shared["batch_instances_format"],
                 output_dir=batch_output_dir,
-                batch_size=batch_size,
+                batch_size=shared["batch_size"],
             )
 
     return train_to_serve_local

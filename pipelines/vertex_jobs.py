@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.parameters import pipeline_name, root_parameters, validate_parameters
-
-PIPELINE_NAME = "train-to-serve"
+from pipelines.train_to_serve import PIPELINE_NAME, check_run_parameters
 
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -89,8 +88,6 @@ def check_settings(settings: RunSettings) -> dict[str, Any]:
     declared = root_parameters(settings.template)
     checked = validate_parameters(settings.parameters, declared)
     if pipeline_name(settings.template) == PIPELINE_NAME:
-        from pipelines.train_to_serve import check_run_parameters
-
         defaults = {name: spec.get("defaultValue") for name, spec in declared.items()}
         try:
             check_run_parameters({**defaults, **checked})

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # setup-container-engine.sh - make a container engine and a Python 3.11 base image available,
-# so that serving_image/Dockerfile can be built and run (tests/test_image.py, the build-image
-# and contract-check components).
+# so that serving_image/Dockerfile can be built and run (tests/imaging/test_serving_image.py,
+# the build-image and contract-check components).
 #
 # Idempotent; for a Debian/Ubuntu workstation and for CI (root there). Steps, each timed:
 #
@@ -27,7 +27,7 @@
 # Output:  progress, timings and errors on stderr; on stdout only
 #            export TRAIN_TO_SERVE_CONTAINER_ENGINE=<docker|podman>
 #            export TRAIN_TO_SERVE_BASE_IMAGE=<image>
-#          The Python side (components/container_engine.py) makes the same choice at run
+#          The Python side (components/runners/engine.py) makes the same choice at run
 #          time when these are not set, so exporting them is optional.
 # Exit:    0 ready; 1 something failed (the message says what, the likely cause and the fix).
 #

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServerProcess, StartupTimeline
 
-from serving_image.server import manifest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from serving_image.server import artifact
+from tests.support import REPO_ROOT
+from tests.support.servers import LaunchedServer, StartupTimeline
 
 
 def batch_predict(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,13 +36,13 @@ def lines(directory: Path, pattern: str) -> list[Any]:
 
 
 def test_every_line_becomes_one_prediction_or_one_error_and_the_exit_status_says_which(
-    penguins_server: tuple[ServerProcess, StartupTimeline],
+    penguins_server: tuple[LaunchedServer, StartupTimeline],
     penguins_model_dir: Path,
     tmp_path: Path,
 ) -> None:
     server = penguins_server[0]
-    instances = manifest.read_jsonl(penguins_model_dir / manifest.INSTANCES_FILE)
-    expected = manifest.read_jsonl(penguins_model_dir / manifest.EXPECTED_FILE)
+    instances = artifact.read_jsonl(penguins_model_dir / artifact.INSTANCES_FILE)
+    expected = artifact.read_jsonl(penguins_model_dir / artifact.EXPECTED_FILE)
     source = tmp_path / "instances.jsonl"
     bad = {**instances[0], "bill_length_mm": "not a number"}
     rows = [json.dumps(i) for i in instances] + [json.dumps(bad), "{not json"]

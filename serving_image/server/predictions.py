@@ -7,10 +7,15 @@ Classification predictions, chosen per request by ``parameters.output``:
 * ``"probabilities"``: ``{"Adelie": 0.97, "Chinstrap": 0.02, "Gentoo": 0.01}``
 
 Regression predictions are plain numbers whatever ``output`` says.
+
+``json_difference`` compares two predictions (or lists of them) with a float tolerance: the
+server's self-check and the contract check both judge served answers with it.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,3 +54,42 @@ def format_classification(
 def format_regression(values: Sequence[float]) -> list[float]:
     """Regression predictions are the predicted numbers, one per row."""
     return [float(value) for value in values]
+
+
+def json_difference(
+    expected: Any, actual: Any, *, rel_tol: float = 1e-6, abs_tol: float = 1e-9, path: str = ""
+) -> str | None:
+    """Compare two JSON values; ``None`` when equal (numbers within tolerance), else the first
+    difference as ``"[3].probabilities.Adelie: expected 0.97, got 0.5"``."""
+    where = path or "value"
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        same = type(expected) is type(actual) and expected == actual
+    elif isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
+        same = math.isclose(expected, actual, rel_tol=rel_tol, abs_tol=abs_tol)
+    elif isinstance(expected, dict) and isinstance(actual, dict):
+        if expected.keys() != actual.keys():
+            missing = sorted(set(expected) - set(actual))
+            extra = sorted(set(actual) - set(expected))
+            return f"{where}: keys differ (missing {missing}, unexpected {extra})"
+        for key in expected:
+            difference = json_difference(
+                expected[key], actual[key], rel_tol=rel_tol, abs_tol=abs_tol, path=f"{path}.{key}"
+            )
+            if difference:
+                return difference
+        return None
+    elif isinstance(expected, list) and isinstance(actual, list):
+        if len(expected) != len(actual):
+            return f"{where}: expected {len(expected)} elements, got {len(actual)}"
+        for index, (left, right) in enumerate(zip(expected, actual, strict=True)):
+            difference = json_difference(
+                left, right, rel_tol=rel_tol, abs_tol=abs_tol, path=f"{path}[{index}]"
+            )
+            if difference:
+                return difference
+        return None
+    else:
+        same = type(expected) is type(actual) and expected == actual
+    if same:
+        return None
+    return f"{where}: expected {json.dumps(expected)}, got {json.dumps(actual)}"

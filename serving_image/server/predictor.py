@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -31,9 +30,9 @@ from typing import Any
 
 import orjson
 
-from . import manifest as contract
+from . import artifact
 from .logs import log_fields
-from .predictions import format_classification, format_regression
+from .predictions import format_classification, format_regression, json_difference
 from .validation import PredictRequest, RequestError, Schema, parse_predict_request
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ def tensorflow_device() -> str:
 
 
 class TensorFlowPredictor(Predictor):
-    """A TensorFlow SavedModel written by ``components/keras_model.py``.
+    """A TensorFlow SavedModel written by ``components/training/keras_model.py``.
 
     The SavedModel's ``serving_default`` signature takes one ``(n, 1)`` tensor per feature
     (raw values; imputation, normalisation and category lookup are layers in its graph) and
@@ -298,8 +297,8 @@ def load_predictor(model_dir: Path) -> tuple[Predictor, dict[str, Any]]:
     """
     started = time.perf_counter()
     try:
-        manifest = contract.read_manifest(model_dir)
-    except contract.ManifestError as exc:
+        manifest = artifact.read_manifest(model_dir)
+    except artifact.ManifestError as exc:
         raise ModelLoadError(str(exc)) from None
     predictor_class = PREDICTORS.get(manifest["framework"])
     if predictor_class is None:
@@ -311,10 +310,10 @@ def load_predictor(model_dir: Path) -> tuple[Predictor, dict[str, Any]]:
     model_path = model_dir / model_file
     if Path(model_file).name != model_file or not model_path.exists():
         raise ModelLoadError(f"model file {model_file!r} not found in {model_dir}")
-    actual = contract.sha256_path(model_path)
+    actual = artifact.sha256_path(model_path)
     if actual != manifest["model_sha256"]:
         raise ModelLoadError(
-            f"{model_path} has sha256 {actual} but {contract.MANIFEST_FILE} says "
+            f"{model_path} has sha256 {actual} but {artifact.MANIFEST_FILE} says "
             f"{manifest['model_sha256']}: the file changed after export (corrupt or tampered "
             "copy); refusing to unpickle or load it. Re-export or re-upload the model directory"
         )
@@ -341,22 +340,22 @@ def load_predictor(model_dir: Path) -> tuple[Predictor, dict[str, Any]]:
 
 def _self_check(predictor: Predictor, model_dir: Path, manifest: dict[str, Any]) -> int:
     """Predict the exported sample instances and compare with the exported predictions."""
-    sample_path = model_dir / contract.INSTANCES_FILE
-    expected_path = model_dir / contract.EXPECTED_FILE
+    sample_path = model_dir / artifact.INSTANCES_FILE
+    expected_path = model_dir / artifact.EXPECTED_FILE
     if not (sample_path.is_file() and expected_path.is_file()):
         raise ModelLoadError(
-            f"{model_dir} lacks {contract.INSTANCES_FILE} or {contract.EXPECTED_FILE}; the "
+            f"{model_dir} lacks {artifact.INSTANCES_FILE} or {artifact.EXPECTED_FILE}; the "
             "server needs them to verify the model before serving it (the train component "
             "writes both)"
         )
-    instances = contract.read_jsonl(sample_path)
-    expected = contract.read_jsonl(expected_path)
+    instances = artifact.read_jsonl(sample_path)
+    expected = artifact.read_jsonl(expected_path)
     try:
         request = parse_predict_request(orjson.dumps({"instances": instances}), predictor.schema)
         answers = predictor(request)
     except RequestError as exc:
         raise ModelLoadError(
-            f"{contract.INSTANCES_FILE} does not fit the manifest's schema: {exc.message}"
+            f"{artifact.INSTANCES_FILE} does not fit the manifest's schema: {exc.message}"
         ) from None
     except Exception as exc:
         raise ModelLoadError(
@@ -364,24 +363,13 @@ def _self_check(predictor: Predictor, model_dir: Path, manifest: dict[str, Any])
         ) from exc
     if len(answers) != len(expected):
         raise ModelLoadError(
-            f"{contract.EXPECTED_FILE} has {len(expected)} rows for {len(instances)} instances"
+            f"{artifact.EXPECTED_FILE} has {len(expected)} rows for {len(instances)} instances"
         )
     for row, (got, want) in enumerate(zip(answers, expected, strict=True)):
-        if not _close(got, want):
+        if json_difference(want, got, rel_tol=SELF_CHECK_REL_TOL, abs_tol=1e-12) is not None:
             raise ModelLoadError(
                 f"self-check failed on sample instance {row}: predicted {got}, exported "
                 f"{want}. The serving image's libraries differ from training's "
                 f"({manifest.get('libraries', {})}); rebuild the image with those versions"
             )
     return len(answers)
-
-
-def _close(got: Any, want: Any) -> bool:
-    """Equal, except floats may differ by ``SELF_CHECK_REL_TOL`` (other CPUs, BLAS builds)."""
-    if isinstance(want, float) and isinstance(got, (int, float)):
-        return math.isclose(got, want, rel_tol=SELF_CHECK_REL_TOL, abs_tol=1e-12)
-    if isinstance(want, dict) and isinstance(got, dict):
-        return got.keys() == want.keys() and all(_close(got[k], want[k]) for k in want)
-    if isinstance(want, list) and isinstance(got, list):
-        return len(got) == len(want) and all(map(_close, got, want))
-    return type(got) is type(want) and got == want

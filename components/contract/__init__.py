@@ -1,0 +1,44 @@
+"""The contract check: does a serving image honour Vertex AI's custom-container contract?
+
+``rules`` holds the rules, what Vertex does when one is broken, and the report; ``checker``
+applies them to any running server over HTTP; ``image`` runs an image (or, in process mode,
+the server code) the way Vertex runs it and checks it.
+"""
+
+from components.contract.checker import CheckSettings, ServerObserver, check_server
+from components.contract.image import (
+    NO_ENGINE_HINT,
+    check_image,
+    check_model_image,
+    choose_check_engine,
+    describe_listening,
+    directory_bytes,
+    listening_sockets,
+)
+from components.contract.rules import (
+    RULES,
+    VERTEX_WOULD,
+    ContractReport,
+    ContractViolation,
+    RuleResult,
+    explain_exit,
+)
+
+__all__ = [
+    "NO_ENGINE_HINT",
+    "RULES",
+    "VERTEX_WOULD",
+    "CheckSettings",
+    "ContractReport",
+    "ContractViolation",
+    "RuleResult",
+    "ServerObserver",
+    "check_image",
+    "check_model_image",
+    "check_server",
+    "choose_check_engine",
+    "describe_listening",
+    "directory_bytes",
+    "explain_exit",
+    "listening_sockets",
+]

@@ -1,0 +1,292 @@
+"""The contract's rules, what Vertex AI does when one is broken, and the report of a check.
+
+Every verdict names the rule, the request sent, what came back and what Vertex would do
+(``VERTEX_WOULD``): a person reading one failure knows what to fix without running anything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.runners import PROCESS_MODE_NOTE, Exchange, tail_lines
+
+LOG_TAIL_LINES = 40
+"""Log lines of the server a report quotes."""
+
+RULES: dict[str, str] = {
+    "liveness": "the declared port accepts TCP connections within Vertex's liveness window",
+    "health": "GET on the health route answers 200 within 10 s, before the startup deadline",
+    "health-means-ready": "once health answers 200, predict works",
+    "predict-request": 'POST {"instances": [...]} on the predict route answers 200',
+    "predict-response": 'the answer is a JSON object {"predictions": [...]}, one per instance',
+    "predict-values": "the predictions equal expected_predictions.jsonl (float tolerance)",
+    "bad-json": "a body that is not JSON gets a 4xx and the server stays healthy",
+    "no-instances": 'a JSON object without "instances" gets a 4xx and the server stays healthy',
+    "wrong-feature": "an instance with a wrong feature gets a 4xx and the server stays healthy",
+    "oversize": "a body over the 1.5 MB limit gets a 4xx and the server stays healthy",
+    "concurrency": "a burst of concurrent predict requests all succeed",
+    "sigterm": "SIGTERM stops the container within the grace period",
+}
+"""Every rule the check applies, by name, in the order it applies them."""
+
+VERTEX_WOULD: dict[str, str] = {
+    "liveness": (
+        "fail its TCP liveness probe 4 times, 10 s apart, and restart the container, over and "
+        "over; the deploy fails with 'Model server never became ready' (or 'Model server "
+        "exited unexpectedly' when the process exits)"
+    ),
+    "health": (
+        "mark the replica unhealthy and send it no traffic; the deploy waits for a 200 until "
+        "the deployment timeout (at most 2 h) and then fails with 'Model server never became "
+        "ready'"
+    ),
+    "health-means-ready": (
+        "route traffic as soon as health answers 200, so requests after every deploy, restart "
+        "or scale-up fail until the model has loaded; answer 200 only once the model is loaded"
+    ),
+    "predict-request": (
+        "pass the error on to every caller of endpoints.predict, and batch prediction would "
+        "write every instance to its error file instead of a prediction"
+    ),
+    "predict-response": (
+        'expect {"predictions": [...]} with one element per instance (it adds deployedModelId '
+        "and returns it to the caller); any other answer gives callers an error or misaligned "
+        "predictions, and batch prediction cannot pair predictions with instances"
+    ),
+    "predict-values": (
+        "serve these values without any error: the skew between training and serving would go "
+        "unnoticed"
+    ),
+    "bad-input": (
+        "pass a 5xx on as a server error, which clients and batch prediction retry as if the "
+        "server were broken, and the caller never learns that the request was wrong; if health "
+        "fails 4 times in a row Vertex stops routing traffic to the replica, so one bad "
+        "request would take it out of service"
+    ),
+    "oversize": (
+        "forward bodies up to 10 MB to the container on dedicated and private endpoints (only "
+        "shared public endpoints stop bodies over 1.5 MB themselves)"
+    ),
+    "accepted": (
+        "hand the caller whatever the server made of a malformed request, with no error to "
+        "say the request was wrong"
+    ),
+    "concurrency": (
+        "send concurrent requests to each replica (and batch prediction sends requests in "
+        "parallel); failures under a burst reach callers as errors"
+    ),
+    "sigterm": (
+        "send SIGTERM on undeploy, update and scale-down and SIGKILL once the grace period "
+        "is over: in-flight requests are cut off and the replica lingers for the whole period"
+    ),
+}
+"""What Vertex AI does when a rule is broken, completing "Vertex AI would ...". The bad-input
+rules use ``bad-input`` (a 5xx or reset) or ``accepted`` (a 2xx), oversize prefixed."""
+
+
+class ContractViolation(Exception):
+    """The server or image broke the contract; ``report`` has every rule's result."""
+
+    def __init__(self, report: ContractReport) -> None:
+        self.report = report
+        failed = report.violations
+        lines = [
+            f"{report.target} breaks the Vertex AI container contract "
+            f"({len(failed)} of {len(report.rules)} rules failed):"
+        ]
+        lines += [result.message() for result in failed]
+        if report.process_mode:
+            lines.append(f"({PROCESS_MODE_NOTE}.)")
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class RuleResult:
+    """The verdict on one rule, with the evidence a person needs to act on it."""
+
+    rule: str
+    passed: bool
+    detail: str
+    request: str = ""
+    response: str = ""
+    vertex_consequence: str = ""
+    skipped: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """``PASS``, ``FAIL`` or ``SKIP``."""
+        return "SKIP" if self.skipped else ("PASS" if self.passed else "FAIL")
+
+    def message(self) -> str:
+        """The rule, what was sent, what came back and what Vertex would do, for people."""
+        lines = [f"[{self.rule}] {self.detail}"]
+        if self.request:
+            lines.append(f"  request sent: {self.request}")
+        if self.response:
+            lines.append(f"  came back: {self.response}")
+        if self.vertex_consequence:
+            lines.append(f"  Vertex AI would {self.vertex_consequence}.")
+        return "\n".join(lines)
+
+
+def rule_result(
+    rule: str, passed: bool, detail: str, exchange: Exchange | None = None, consequence: str = ""
+) -> RuleResult:
+    """A rule's verdict with the exchange that shows it; a broken rule also says what Vertex
+    would do (by default the rule's ``VERTEX_WOULD``)."""
+    return RuleResult(
+        rule,
+        passed,
+        detail,
+        request=exchange.request_text() if exchange else "",
+        response=exchange.response_text() if exchange else "",
+        vertex_consequence="" if passed else consequence or VERTEX_WOULD[rule],
+    )
+
+
+def pass_result(rule: str, detail: str, exchange: Exchange | None = None) -> RuleResult:
+    """A passed rule, with the exchange that shows it."""
+    return rule_result(rule, True, detail, exchange)
+
+
+def fail_result(
+    rule: str, detail: str, exchange: Exchange | None = None, consequence: str = ""
+) -> RuleResult:
+    """A broken rule: the exchange that shows it and what Vertex would do."""
+    return rule_result(rule, False, detail, exchange, consequence)
+
+
+def skip_result(rule: str, reason: str) -> RuleResult:
+    """A rule not applied, and why."""
+    return RuleResult(rule, True, f"not run: {reason}", skipped=True)
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+
+
+@dataclass
+class ContractReport:
+    """Everything one check found: per-rule verdicts, timings and the container's logs."""
+
+    target: str
+    settings: dict[str, Any]
+    rules: list[RuleResult] = field(default_factory=list)
+    startup_s: float | None = None
+    """From start (container start, or the call for a plain URL) to the first health 200."""
+    latencies_s: dict[str, list[float]] = field(default_factory=dict)
+    stop_s: float | None = None
+    logs: str | None = None
+    """The container's output; ``None`` when there is no container (a plain URL)."""
+    process_mode: bool = False
+    """The server ran as a local process, not from the image (``PROCESS_MODE_NOTE``)."""
+
+    @property
+    def passed(self) -> bool:
+        """Whether every rule that ran passed."""
+        return all(result.passed for result in self.rules)
+
+    @property
+    def violations(self) -> list[RuleResult]:
+        """The failed rules, in the order they were checked."""
+        return [result for result in self.rules if not result.passed]
+
+    def result(self, rule: str) -> RuleResult:
+        """The result of one rule by name; ``KeyError`` when it was not recorded."""
+        for result in self.rules:
+            if result.rule == rule:
+                return result
+        raise KeyError(rule)
+
+    def verdict(self) -> str:
+        """One line: PASS, or FAIL with the failed rules' names."""
+        note = f". {PROCESS_MODE_NOTE}" if self.process_mode else ""
+        if self.passed:
+            return f"PASS: {self.target} honours the Vertex AI container contract{note}"
+        names = ", ".join(result.rule for result in self.violations)
+        return f"FAIL: {self.target} breaks the Vertex AI container contract ({names}){note}"
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers for ``Output[Metrics]``: verdict, rule counts, startup, latencies, stop;
+        ``process_mode: 1`` for a check in process mode."""
+        values: dict[str, float] = {
+            "passed": float(self.passed),
+            "rules_passed": float(sum(r.passed and not r.skipped for r in self.rules)),
+            "rules_failed": float(len(self.violations)),
+            "rules_skipped": float(sum(r.skipped for r in self.rules)),
+        }
+        if self.process_mode:
+            values["process_mode"] = 1.0
+        if self.startup_s is not None:
+            values["startup_s"] = round(self.startup_s, 3)
+        if self.stop_s is not None:
+            values["sigterm_stop_s"] = round(self.stop_s, 3)
+        for name, samples in self.latencies_s.items():
+            if samples:
+                values[f"{name}_p50_ms"] = round(statistics.median(samples) * 1000, 2)
+                values[f"{name}_p95_ms"] = round(_percentile(samples, 0.95) * 1000, 2)
+                values[f"{name}_max_ms"] = round(max(samples) * 1000, 2)
+        return values
+
+    def to_markdown(self) -> str:
+        """A report a person can read: verdict, rules table, failures in full, timings, logs."""
+        lines = [
+            "# Vertex AI container contract check",
+            "",
+            f"**{self.verdict()}**",
+            "",
+            "| setting | value |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | `{value}` |" for name, value in self.settings.items()]
+        lines += ["", "## Rules", "", "| rule | verdict | found |", "|---|---|---|"]
+        for result in self.rules:
+            detail = result.detail.replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {result.rule} | {result.verdict} | {detail} |")
+        if self.violations:
+            lines += ["", "## Violations"]
+            for result in self.violations:
+                lines += ["", f"### {result.rule}: {RULES.get(result.rule, '')}", ""]
+                lines.append(f"- **found:** {result.detail}")
+                if result.request:
+                    lines.append(f"- **request sent:** `{result.request}`")
+                if result.response:
+                    lines.append(f"- **came back:** `{result.response}`")
+                lines.append(f"- **Vertex AI would** {result.vertex_consequence}.")
+        lines += ["", "## Timings", ""]
+        timings = {k: v for k, v in self.metrics().items() if k.endswith(("_s", "_ms"))}
+        lines += [f"- {name}: {value}" for name, value in sorted(timings.items())]
+        lines += [] if timings else ["(none measured)"]
+        if self.logs is not None:
+            source = "Server process" if self.process_mode else "Container"
+            lines += ["", f"## {source} logs (last {LOG_TAIL_LINES} lines)", "", "```"]
+            lines += tail_lines(self.logs, LOG_TAIL_LINES).splitlines() or ["(no output)"]
+            lines += ["```"]
+        return "\n".join([*lines, ""])
+
+
+def explain_exit(status: int, logs: str, what: str = "The container") -> str:
+    """How a server process ended, with a likely cause read from its logs and its last lines."""
+    missing = re.search(r"No module named '([^']+)'", logs)
+    if missing:
+        cause = (
+            f"a Python dependency is missing from the image (No module named "
+            f"'{missing.group(1)}'): install it in the Dockerfile"
+        )
+    elif status == 0:
+        cause = (
+            "the entrypoint finished: it must start an HTTP server in the foreground and "
+            "keep it running"
+        )
+    elif status == 137:
+        cause = "it was killed (SIGKILL; out of memory?)"
+    else:
+        cause = "see its last log lines"
+    tail = tail_lines(logs, 10) or "(no output)"
+    return f"{what} exited with status {status}: {cause}. Last log lines:\n{tail}"

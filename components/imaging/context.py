@@ -1,0 +1,89 @@
+"""The serving image's build context: laid out as a directory, or packed for Cloud Build.
+
+A context holds the serving image's ``Dockerfile``, ``requirements*.txt`` (the ``FRAMEWORK``
+build argument picks among them) and the ``server/`` package, and optionally a model
+directory as ``model/`` (baked into the image at ``/model``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tarfile
+from pathlib import Path
+
+from components.imaging.names import BuildImageInputError
+from serving_image.server import artifact
+
+
+def serving_image_dir() -> Path:
+    """The ``serving_image`` directory (Dockerfile, requirements.txt, server/)."""
+    import serving_image  # a plain package; importing it loads nothing else
+
+    return Path(serving_image.__file__).resolve().parent
+
+
+def assemble_build_context(
+    dest: str | Path,
+    model_dir: str | Path | None = None,
+    *,
+    source_dir: str | Path | None = None,
+) -> Path:
+    """Lay out a serving-image build context in ``dest`` and return it.
+
+    ``dest`` gets the ``Dockerfile``, ``.dockerignore`` (when present), the
+    ``requirements*.txt`` files (the ``FRAMEWORK`` build argument picks among them) and the
+    ``server/`` package from ``source_dir`` (default: ``serving_image_dir()``), and,
+    when ``model_dir`` is given, a copy of it as ``model/`` (baked into the image at
+    ``/model``). Without a model the image loads one from ``AIP_STORAGE_URI`` at start.
+    ``dest`` must not exist or be empty.
+    """
+    source = Path(source_dir) if source_dir is not None else serving_image_dir()
+    out = Path(dest)
+    if out.exists() and any(out.iterdir()):
+        raise BuildImageInputError(f"build context directory {out} is not empty")
+    missing = [n for n in ("Dockerfile", "requirements.txt", "server") if not (source / n).exists()]
+    if missing:
+        raise BuildImageInputError(
+            f"{source} lacks {missing}: the serving image sources are incomplete"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "Dockerfile", out / "Dockerfile")
+    for requirements in sorted(source.glob("requirements*.txt")):
+        shutil.copy2(requirements, out / requirements.name)
+    if (source / ".dockerignore").is_file():
+        shutil.copy2(source / ".dockerignore", out / ".dockerignore")
+    shutil.copytree(
+        source / "server", out / "server", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    if model_dir is not None:
+        model = Path(model_dir)
+        if not model.is_dir():
+            raise BuildImageInputError(f"model directory {model} does not exist")
+        shutil.copytree(model, out / "model")
+    return out
+
+
+def _reset_tar_info(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Same bytes for the same files: no owners or times; modes kept (scripts stay
+    executable)."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    return info
+
+
+def pack_context(context_dir: str | Path, destination: str | Path) -> str:
+    """Write ``context_dir``'s files as a reproducible ``.tar.gz`` (paths relative to the
+    context, sorted; no owners, times or gzip timestamp) and return its sha256: the same
+    context always gives the same bytes, so an unchanged context is not uploaded twice."""
+    root = Path(context_dir)
+    with (
+        open(destination, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as tar,
+    ):
+        for path in sorted(root.rglob("*")):
+            arcname = path.relative_to(root).as_posix()
+            tar.add(path, arcname=arcname, recursive=False, filter=_reset_tar_info)
+    return artifact.sha256_file(destination)

@@ -1,0 +1,173 @@
+"""What to build for a model: the image's framework, its pinned library versions, labels, tag.
+
+A model is never built into an image that would load it with other library versions: the
+model's versions (from ``model_manifest.json``) are compared with the serving image's pinned
+requirements before any build.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.imaging.context import serving_image_dir
+from components.imaging.names import BuildImageInputError
+from serving_image.server import artifact
+
+logger = logging.getLogger(__name__)
+
+PINNED_LIBRARIES = ("scikit-learn", "numpy", "pandas")
+"""Libraries whose version must be the same in training and serving (the model is a pickle)."""
+FRAMEWORK_PINS = {
+    "scikit-learn": PINNED_LIBRARIES,
+    "tensorflow": ("tensorflow", "keras", "numpy"),
+    "tensorflow-gpu": ("tensorflow", "keras", "numpy"),
+}
+"""Per model framework, the libraries whose training version the image must pin."""
+DISTRIBUTION_ALIASES = {"tensorflow-cpu": "tensorflow"}
+"""Requirement names that install another distribution's module (same version numbers)."""
+DEFAULT_IMAGE_NAME = "train-to-serve-model"
+LABEL_PREFIX = "io.train-to-serve"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What ``prepare`` decided for one model."""
+
+    manifest: dict[str, Any]
+    labels: dict[str, str]
+    framework: str
+    """The ``FRAMEWORK`` build argument."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image a builder made."""
+
+    reference: str
+    """What to pull or run: ``name@sha256:...`` where the engine gives a digest, else
+    ``name:tag``."""
+    digest: str
+    """``sha256:...`` manifest digest, or ``""`` (docker gives none before a push)."""
+    builder: str
+    """``podman``, ``docker``, ``cloud-build`` or ``process``."""
+    seconds: float
+    image_id: str = ""
+    """Local engines: the content-addressed image id (``sha256:...``)."""
+    tagged: str = ""
+    """The ``name:tag`` it was built as."""
+
+
+def read_pinned_requirements(path: Path) -> dict[str, str]:
+    """``name==version`` lines of a requirements file, by lower-case name without extras
+    (``tensorflow[and-cuda]`` is ``tensorflow``; ``tensorflow-cpu`` too, by alias)."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        name, sep, version = requirement.partition("==")
+        if sep:
+            name = name.split("[", 1)[0].strip().lower()
+            pins[DISTRIBUTION_ALIASES.get(name, name)] = version.strip()
+    return pins
+
+
+def requirements_files(framework: str) -> list[Path]:
+    """The serving image's requirement files that ``FRAMEWORK=framework`` installs.
+
+    Raises:
+        BuildImageInputError: a framework the serving image does not serve.
+    """
+    if framework not in FRAMEWORK_PINS:
+        raise BuildImageInputError(
+            f"the model's framework {framework!r} has no serving image; the image serves "
+            f"{sorted(FRAMEWORK_PINS)}: retrain with one of them"
+        )
+    source = serving_image_dir()
+    extra = [] if framework == "scikit-learn" else [source / f"requirements-{framework}.txt"]
+    return [source / "requirements.txt", *extra]
+
+
+def check_library_versions(
+    manifest: Mapping[str, Any], requirements: Path | Sequence[Path]
+) -> dict[str, str]:
+    """Compare the model's library versions (``FRAMEWORK_PINS`` of its framework) with the
+    pins of the image's requirement files.
+
+    Returns the model's versions of those libraries. A manifest without ``libraries``
+    (hand-made models) is logged and passes: the server's load-time self-check still guards it.
+
+    Raises:
+        BuildImageInputError: a version differs; building would give an image that refuses
+            (or, worse, mis-reads) the model.
+    """
+    libraries = manifest.get("libraries") or {}
+    if not libraries:
+        logger.warning(
+            "the model manifest records no library versions; cannot check them against %s",
+            requirements,
+        )
+        return {}
+    files = [requirements] if isinstance(requirements, Path) else list(requirements)
+    pins = {name: v for path in files for name, v in read_pinned_requirements(path).items()}
+    pinned = FRAMEWORK_PINS.get(str(manifest.get("framework", "scikit-learn")), PINNED_LIBRARIES)
+    versions = {name: str(libraries[name]) for name in pinned if name in libraries}
+    mismatched = {
+        name: (version, pins.get(name, "unpinned"))
+        for name, version in versions.items()
+        if pins.get(name) != version
+    }
+    if mismatched:
+        listing = ", ".join(
+            f"{name} {model} (image: {image})" for name, (model, image) in mismatched.items()
+        )
+        raise BuildImageInputError(
+            f"the model was trained with {listing}; the serving image "
+            f"({', '.join(map(str, files))}) would load it with other versions. Retrain with "
+            "the pinned versions, or change the pins to the model's and rebuild"
+        )
+    return versions
+
+
+def image_labels(
+    manifest: Mapping[str, Any], bake_model: bool, versions: Mapping[str, str]
+) -> dict[str, str]:
+    """Image labels saying what the image serves (``podman image inspect`` shows them)."""
+    labels = {f"{LABEL_PREFIX}.model-source": "baked" if bake_model else "AIP_STORAGE_URI"}
+    if bake_model:
+        labels[f"{LABEL_PREFIX}.model-sha256"] = str(manifest["model_sha256"])
+    if versions:
+        pins = " ".join(f"{name}=={version}" for name, version in versions.items())
+        labels[f"{LABEL_PREFIX}.libraries"] = pins
+    return labels
+
+
+def default_tag(manifest: Mapping[str, Any], bake_model: bool, gpu: bool = False) -> str:
+    """``model-<first 12 of the model's sha256>`` for a baked image, else ``latest``;
+    ``-gpu`` appended for the GPU variant."""
+    tag = f"model-{str(manifest['model_sha256'])[:12]}" if bake_model else "latest"
+    return f"{tag}-gpu" if gpu else tag
+
+
+def image_framework(framework: str, gpu: bool) -> str:
+    """The ``FRAMEWORK`` build argument for a model of ``framework``.
+
+    ``gpu`` asks for the image that uses a GPU when one is attached (a Vertex GPU batch
+    job): ``tensorflow-gpu`` (TensorFlow with CUDA) for TensorFlow models. scikit-learn
+    never uses a GPU, so its image is the same either way (logged).
+    """
+    if gpu and framework == "tensorflow":
+        return "tensorflow-gpu"
+    if gpu:
+        logger.info("%s does not use GPUs: the GPU variant is the CPU image", framework)
+    return framework
+
+
+def prepare(model_dir: str | Path, bake_model: bool, gpu: bool) -> BuildPlan:
+    """Read the model's manifest and check its library versions against the image's pins."""
+    manifest = artifact.read_manifest(model_dir)
+    framework = image_framework(str(manifest["framework"]), gpu)
+    versions = check_library_versions(manifest, requirements_files(framework))
+    return BuildPlan(manifest, image_labels(manifest, bake_model, versions), framework)

@@ -1,0 +1,384 @@
+"""podman and docker, driven through their command line: the container engines that run (and,
+for ``components.imaging``, build) serving images.
+
+No kfp here: the CLI is the measured path (kfp's DockerRunner over podman's Docker-compatible
+socket is not reliable), and this module only needs the standard library.
+
+* ``detect_engine()`` finds a working engine: ``TRAIN_TO_SERVE_CONTAINER_ENGINE`` (``docker``,
+  ``podman`` or a path) if set, else docker, then podman. When none works the error names what
+  was tried, why each failed, and the fix (``scripts/setup-container-engine.sh``).
+* ``Engine.start(spec, host_port)`` runs a ``ServerSpec`` detached, its port published on
+  ``127.0.0.1:host_port``, and returns a ``Container`` (``runners.base.RunningServer``):
+  ``wait_until_serving()``, ``logs()``, ``exec()``, ``state()``, ``stop(timeout)`` (SIGTERM,
+  then SIGKILL after the timeout) and ``remove()``; it is also a context manager.
+
+Example::
+
+    engine = detect_engine()
+    spec = ServerSpec(image, env={"AIP_HTTP_PORT": "8080"})
+    with start_server(engine, spec) as container:
+        container.wait_until_serving("/health")
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.runners import base
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("docker", "podman")
+"""Engines tried, in this order, when ``TRAIN_TO_SERVE_CONTAINER_ENGINE`` is not set."""
+SETUP_HINT = (
+    "run scripts/setup-container-engine.sh from the repository root (as root, or as a user "
+    "with sudo) to install and configure podman and the base image; or start Docker"
+)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LABEL = "io.train-to-serve.managed"
+"""Label put on containers started here (``podman ps -a --filter label=...`` finds leftovers)."""
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment (with a usable PATH) for an engine command, plus ``extra``."""
+    env = dict(os.environ)
+    if not env.get("PATH"):
+        env["PATH"] = DEFAULT_PATH
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _which(name: str) -> str | None:
+    """``shutil.which`` over PATH plus the standard directories (works under ``env -i``)."""
+    if os.sep in name:
+        return name if os.access(name, os.X_OK) else None
+    search = os.pathsep.join(p for p in (os.environ.get("PATH", ""), DEFAULT_PATH) if p)
+    return shutil.which(name, path=search)
+
+
+def normalise_id(image_id: str) -> str:
+    """An image id as ``sha256:...`` whichever way the engine printed it."""
+    image_id = image_id.strip()
+    return image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"
+
+
+@dataclass(frozen=True)
+class Engine(base.ServerRunner):
+    """A working container engine CLI."""
+
+    name: str
+    """``docker`` or ``podman``."""
+    path: str
+    version: str
+
+    def command(
+        self,
+        *args: str,
+        timeout: float | None = 120,
+        check: bool = True,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``<engine> args...`` and capture its output (stderr folded into ``stderr``).
+
+        Raises ``RunnerError`` with the command and its error output when ``check`` and the
+        command fails or times out.
+        """
+        argv = [self.path, *args]
+        try:
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                input=input,
+                env=child_env(env),
+                stdin=None if input is not None else subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise base.RunnerError(
+                f"`{self.name} {' '.join(args[:3])} ...` did not finish within {timeout} s"
+            ) from exc
+        if check and proc.returncode != 0:
+            raise base.RunnerError(
+                f"`{self.name} {' '.join(args)}` failed (exit {proc.returncode}): "
+                f"{base.tail_lines(proc.stderr or proc.stdout, 8)}"
+            )
+        return proc
+
+    @property
+    def reference(self) -> str:
+        """The engine's path."""
+        return self.path
+
+    # ------------------------------------------------------------------ images --
+    def image_exists(self, ref: str) -> bool:
+        """Whether ``ref`` (name or id) is in the local image store."""
+        return self.command("image", "inspect", ref, check=False, timeout=60).returncode == 0
+
+    def image_inspect(self, ref: str) -> dict[str, Any]:
+        """The engine's ``image inspect`` record for ``ref``."""
+        out = self.command("image", "inspect", ref, timeout=60).stdout
+        data = json.loads(out)
+        return data[0] if isinstance(data, list) else data
+
+    def image_id(self, ref: str) -> str | None:
+        """The ``sha256:...`` id of ``ref``, or None when it is not present."""
+        proc = self.command("image", "inspect", "--format", "{{.Id}}", ref, check=False, timeout=60)
+        if proc.returncode != 0:
+            return None
+        return normalise_id(proc.stdout)
+
+    def image_size(self, ref: str) -> int:
+        """Uncompressed size of ``ref`` in bytes, as the engine reports it."""
+        return int(self.image_inspect(ref).get("Size") or 0)
+
+    def image_user(self, ref: str) -> str:
+        """The image's configured ``USER`` (``""`` means root)."""
+        config = self.image_inspect(ref).get("Config") or {}
+        return str(config.get("User") or "")
+
+    def pull(self, ref: str, timeout: float = 300) -> bool:
+        """Try to pull ``ref``; True on success, False when it cannot be pulled in time."""
+        try:
+            proc = self.command("pull", "-q", ref, check=False, timeout=timeout)
+        except base.RunnerError as exc:
+            logger.info("pull %s: %s", ref, exc)
+            return False
+        if proc.returncode != 0:
+            logger.info("pull %s failed: %s", ref, base.tail_lines(proc.stderr, 2))
+        return proc.returncode == 0
+
+    def remove_image(self, ref: str) -> None:
+        """Remove an image if it exists (errors such as "in use" are logged, not raised)."""
+        proc = self.command("image", "rm", ref, check=False, timeout=120)
+        if proc.returncode != 0:
+            logger.debug("image rm %s: %s", ref, base.tail_lines(proc.stderr, 2))
+
+    # ------------------------------------------------------------------ servers --
+    def start(self, spec: base.ServerSpec, host_port: int) -> Container:
+        """Run ``spec`` detached (``run -d``), its port on ``127.0.0.1:host_port``."""
+        name = spec.name or f"tts-{uuid.uuid4().hex[:12]}"
+        args = ["run", "-d", "--name", name, "--label", f"{LABEL}=1"]
+        for key, value in spec.labels.items():
+            args += ["--label", f"{key}={value}"]
+        if spec.restart:
+            args += ["--restart", spec.restart]
+        if spec.init:
+            args.append("--init")
+        args += ["-p", f"127.0.0.1:{host_port}:{spec.port}"]
+        for key, value in spec.env.items():
+            args += ["-e", f"{key}={value}"]
+        for mount in spec.mounts:
+            mode = "ro" if mount.read_only else "rw"
+            args += ["-v", f"{Path(mount.source).resolve()}:{mount.target}:{mode}"]
+        if spec.entrypoint:
+            args += ["--entrypoint", spec.entrypoint]
+        args += [spec.image, *spec.args]
+        started = time.monotonic()
+        proc = self.command(*args, check=False, timeout=180)
+        if proc.returncode != 0:
+            self.command("rm", "-f", name, check=False, timeout=60)
+            error = (
+                base.PortInUseError if "address already in use" in proc.stderr else base.StartError
+            )
+            raise error(
+                f"`{self.name} run {spec.image}` failed (exit {proc.returncode}): "
+                f"{base.tail_lines(proc.stderr, 10)}\nhint: {_run_hint(proc.stderr)}"
+            )
+        return Container(
+            runner=self,
+            id=proc.stdout.strip().splitlines()[-1],
+            name=name,
+            image=spec.image,
+            started_at=started,
+            binding=base.PortBinding(spec.port, host_port),
+            stop_timeout=spec.stop_timeout_s,
+        )
+
+    def attach(self, server_id: str, name: str, image: str) -> Container:
+        """A handle on a container started earlier, possibly by another process."""
+        return Container(self, server_id, name, image, 0.0)
+
+    def labelled(self, label: str) -> list[str]:
+        """Ids of the containers, running or not, that carry ``label`` (``key=value``)."""
+        out = self.command("ps", "-a", "-q", "--filter", f"label={label}", timeout=60).stdout
+        return out.split()
+
+
+@dataclass
+class Container(base.RunningServer):
+    """A container started by ``Engine.start``."""
+
+    runner: Engine
+
+    def logs(self) -> str:
+        """The container's stdout and stderr so far."""
+        proc = self.runner.command("logs", self.id, check=False, timeout=60)
+        return (proc.stdout or "") + (proc.stderr or "")
+
+    def exec(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the running container."""
+        return self.runner.command("exec", self.id, *cmd, check=check, timeout=120)
+
+    def tcp_table(self) -> str:
+        """``/proc/net/tcp`` and ``tcp6`` as seen inside the container: its own sockets."""
+        return self.exec("cat", "/proc/net/tcp", "/proc/net/tcp6", check=False).stdout or ""
+
+    def state(self) -> base.ServerState:
+        """Current status from ``inspect``."""
+        out = self.runner.command("inspect", "--format", "{{json .State}}", self.id, timeout=60)
+        data = json.loads(out.stdout)
+        running = bool(data.get("Running"))
+        code = data.get("ExitCode")
+        return base.ServerState(
+            status=str(data.get("Status", "")).lower(),
+            running=running,
+            exit_code=None if running or code is None else int(code),
+            oom_killed=bool(data.get("OOMKilled")),
+            error=str(data.get("Error") or ""),
+        )
+
+    def stop(self, timeout: float | None = None) -> base.StopResult:
+        """Send SIGTERM, wait up to ``timeout`` seconds (default ``stop_timeout``), then
+        SIGKILL. Returns the exit code and the seconds from SIGTERM to exit."""
+        timeout = self.stop_timeout if timeout is None else timeout
+        started = time.monotonic()
+        killed = False
+        self.runner.command("kill", "--signal", "TERM", self.id, check=False, timeout=60)
+        code = self._wait(timeout)
+        if code is None:
+            killed = True
+            self.runner.command("kill", "--signal", "KILL", self.id, check=False, timeout=60)
+            code = self._wait(30)
+        seconds = time.monotonic() - started
+        if code is None:
+            with contextlib.suppress(base.RunnerError):
+                code = self.state().exit_code
+        self.stopped = base.StopResult(exit_code=code, seconds=seconds, killed=killed)
+        return self.stopped
+
+    def stop_for_good(self, grace_s: float) -> float:
+        """The engine's ``stop``, not ``kill``: the engine then knows the user stopped it and
+        does not apply the restart policy."""
+        started = time.monotonic()
+        self.runner.command("stop", "--time", str(int(grace_s)), self.id, check=False, timeout=120)
+        return time.monotonic() - started
+
+    def _wait(self, timeout: float) -> int | None:
+        """Exit code once the container has exited, or None if it still runs after timeout."""
+        try:
+            proc = self.runner.command("wait", self.id, check=False, timeout=max(timeout, 0.5))
+        except base.RunnerError:  # timed out: still running
+            return None
+        text = proc.stdout.strip().splitlines()
+        if proc.returncode == 0 and text and text[-1].lstrip("-").isdigit():
+            return int(text[-1])
+        with contextlib.suppress(base.RunnerError):
+            state = self.state()
+            if not state.running:
+                return state.exit_code
+        return None
+
+    def remove(self) -> None:
+        """Remove the container (killing it if it still runs); never raises."""
+        with contextlib.suppress(base.RunnerError):
+            self.runner.command("rm", "-f", self.id, check=False, timeout=60)
+
+
+# ----------------------------------------------------------------- detection --
+def detect_engine(name: str | None = None, *, refresh: bool = False) -> Engine:
+    """Return a working engine: ``name``, else ``$TRAIN_TO_SERVE_CONTAINER_ENGINE``, else the
+    first of docker, podman that answers.
+
+    Raises ``RunnerNotFoundError`` naming each engine tried, why it failed, and the fix.
+    """
+    requested = name or os.environ.get(base.ENGINE_ENV, "").strip() or None
+    if requested == base.PROCESS:
+        raise base.RunnerNotFoundError(
+            f"{base.ENGINE_ENV}={base.PROCESS} asks for process mode, which has no container "
+            "engine to build or run images: set up podman or docker for that, and unset it"
+        )
+    if refresh:
+        _detect.cache_clear()
+    return _detect(requested, os.environ.get("PATH", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _detect(requested: str | None, _path: str) -> Engine:
+    candidates = [requested] if requested else list(ENGINES)
+    reasons = []
+    for candidate in candidates:
+        engine, why = _probe(candidate)
+        if engine is not None:
+            logger.debug("container engine: %s %s (%s)", engine.name, engine.version, engine.path)
+            return engine
+        reasons.append(why)
+    raise base.RunnerNotFoundError(
+        "no working container engine. Tried"
+        + (f" only {requested!r} (the one requested)" if requested else "")
+        + ":\n  - "
+        + "\n  - ".join(reasons)
+        + f"\nFix: {SETUP_HINT}."
+        + (
+            f" Or unset {base.ENGINE_ENV} to let the project choose."
+            if os.environ.get(base.ENGINE_ENV)
+            else ""
+        )
+    )
+
+
+def _probe(candidate: str) -> tuple[Engine | None, str]:
+    path = _which(candidate)
+    if path is None:
+        return None, f"{candidate}: not found on PATH"
+    kind = "podman" if "podman" in Path(path).name else "docker"
+    if kind == "podman":
+        args = ["info", "--format", "{{.Version.Version}}"]
+    else:
+        args = ["version", "--format", "{{.Server.Version}}"]
+    try:
+        proc = subprocess.run(
+            [path, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{candidate} ({path}): `{' '.join(args[:1])}` failed: {exc}"
+    version = proc.stdout.strip()
+    if proc.returncode != 0 or not version:
+        why = base.tail_lines(proc.stderr or proc.stdout, 3).replace("\n", " ")
+        why = why or f"exit {proc.returncode}"
+        return None, f"{candidate} ({path}): `{candidate} {args[0]}` failed: {why}"
+    return Engine(name=kind, path=path, version=version), ""
+
+
+def _run_hint(stderr: str) -> str:
+    if "address already in use" in stderr:
+        return "a host port is taken; ports are random here, so retry"
+    if "rlimit" in stderr and "not permitted" in stderr:
+        return f"podman's default ulimits exceed the host's hard limits; {SETUP_HINT}"
+    if "hybrid mode" in stderr:
+        return f"crun cannot run on this cgroup v1 host; {SETUP_HINT} (it selects runc)"
+    if "no such image" in stderr.lower() or "image not known" in stderr or "pull" in stderr:
+        return "the image is not in the local store: build it first"
+    return f"see the error above; {SETUP_HINT}"

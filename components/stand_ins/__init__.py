@@ -1,0 +1,81 @@
+"""Local stand-ins for Vertex AI's Model Registry, endpoints and batch prediction.
+
+``kfp.local`` cannot run GCPC's container components; these keep Vertex's formats and rules on
+one machine: ``registry`` (model versions and aliases), ``serving`` (a version's server started
+as Vertex starts it), ``endpoints`` (deploy, predict, undeploy), ``batch_inputs``, ``sender``
+and ``batch_runner`` (batch prediction against any server), ``batch_job`` (a version's batch
+job), with Vertex-shaped ``resources`` names and one ``errors`` hierarchy.
+"""
+
+from components.stand_ins.batch_inputs import (
+    FieldSelection,
+    count_records,
+    read_records,
+    resolve_inputs,
+)
+from components.stand_ins.batch_job import JOB_LABEL, batch_predict_version
+from components.stand_ins.batch_runner import (
+    DEFAULT_BATCH_SIZE,
+    ERRORS_PREFIX,
+    RESULTS_PREFIX,
+    BatchSummary,
+    run_batch,
+)
+from components.stand_ins.endpoints import (
+    ENDPOINT_LABEL,
+    LocalEndpoint,
+    container_status,
+    deploy,
+    get_endpoint,
+    labelled_containers,
+    list_endpoints,
+    predict,
+    read_instances,
+    undeploy,
+)
+from components.stand_ins.errors import (
+    BatchInputError,
+    BatchPredictError,
+    EndpointError,
+    EndpointInputError,
+    RegistryError,
+)
+from components.stand_ins.registry import (
+    RegisteredVersion,
+    get_version,
+    list_versions,
+    upload_model,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "ENDPOINT_LABEL",
+    "ERRORS_PREFIX",
+    "JOB_LABEL",
+    "RESULTS_PREFIX",
+    "BatchInputError",
+    "BatchPredictError",
+    "BatchSummary",
+    "EndpointError",
+    "EndpointInputError",
+    "FieldSelection",
+    "LocalEndpoint",
+    "RegisteredVersion",
+    "RegistryError",
+    "batch_predict_version",
+    "container_status",
+    "count_records",
+    "deploy",
+    "get_endpoint",
+    "get_version",
+    "labelled_containers",
+    "list_endpoints",
+    "list_versions",
+    "predict",
+    "read_instances",
+    "read_records",
+    "resolve_inputs",
+    "run_batch",
+    "undeploy",
+    "upload_model",
+]

@@ -1,0 +1,22 @@
+"""Training and export: from a table to the model artifact the serving image loads.
+
+``inputs`` reads and checks the table, ``fitting`` is the interface each framework implements
+(``scikit_learn``, ``keras_model``), ``evaluation`` measures the model and holds the gate's
+rule, and ``export`` runs it all and writes the artifact.
+"""
+
+from components.training.evaluation import LOWER_IS_BETTER, passes_gate
+from components.training.export import FRAMEWORKS, TrainingResult, make_fitter, train_and_export
+from components.training.inputs import BUNDLED_DATASETS, TrainingInputError, load_table
+
+__all__ = [
+    "BUNDLED_DATASETS",
+    "FRAMEWORKS",
+    "LOWER_IS_BETTER",
+    "TrainingInputError",
+    "TrainingResult",
+    "load_table",
+    "make_fitter",
+    "passes_gate",
+    "train_and_export",
+]

@@ -1,0 +1,180 @@
+"""Train a tabular model and export it together with its fitted preprocessing.
+
+The exported artifact is one directory (``serving_image/server/artifact.py``): the model with
+its preprocessing inside, its manifest, sample instances in Vertex's request shape and the
+predictions they must give. Serving loads that one model and never re-fits or re-implements
+preprocessing.
+
+Two frameworks share everything but the fit step (reading, checks, split, feature schema,
+metrics, sample export, manifest): ``scikit-learn`` (``scikit_learn.py``, default) and
+``tensorflow`` (``keras_model.py``: a Keras model whose preprocessing layers were adapted on
+the training data, exported as a SavedModel).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from components.training.evaluation import evaluate, expected_predictions
+from components.training.fitting import Fitter
+from components.training.inputs import (
+    TrainingInputError,
+    check_inputs,
+    feature_schema,
+    json_value,
+    load_table,
+)
+from components.training.scikit_learn import make_sklearn_fitter
+from serving_image.server import artifact
+
+FRAMEWORKS = ("scikit-learn", "tensorflow")
+
+
+@dataclass
+class TrainingResult:
+    """What ``train_and_export`` produced, for callers and the KFP wrapper."""
+
+    model_dir: Path
+    manifest: dict[str, Any]
+    metrics: dict[str, float]
+    confusion_matrix: list[list[int]] = field(default_factory=list)
+    roc_curve: dict[str, list[float]] = field(default_factory=dict)
+
+
+def make_fitter(
+    framework: str, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int
+) -> Fitter:
+    """The fit step of ``framework`` (checking estimator and hyper-parameters first)."""
+    if framework == "scikit-learn":
+        return make_sklearn_fitter(task, estimator, hyperparameters, seed)
+    if framework == "tensorflow":
+        try:
+            from components.training.keras_model import make_keras_fitter
+        except ImportError as exc:
+            raise TrainingInputError(
+                f"framework 'tensorflow' needs TensorFlow, which is not installed ({exc}); "
+                "install the project's tensorflow extra: pip install -e '.[tensorflow]'"
+            ) from None
+        return make_keras_fitter(task, estimator, hyperparameters, seed)
+    raise TrainingInputError(f"unknown framework {framework!r}; choose one of {FRAMEWORKS}")
+
+
+def train_and_export(
+    data: str,
+    model_dir: str | Path,
+    target: str = "",
+    task: str = "classification",
+    feature_columns: list[str] | None = None,
+    estimator: str = "auto",
+    hyperparameters: dict[str, Any] | None = None,
+    eval_fraction: float = 0.2,
+    seed: int = 42,
+    sample_size: int = 10,
+    framework: str = "scikit-learn",
+) -> TrainingResult:
+    """Train a model on a table and export it with its preprocessing.
+
+    Args:
+        data: CSV or Parquet path or URI (``gs://`` via gcsfs), or a bundled data set name
+            (``"penguins"``).
+        model_dir: directory to write the model artifact into (created if missing).
+        target: the column to predict; may be empty for a bundled data set (its default).
+        task: ``"classification"`` or ``"regression"``.
+        feature_columns: the feature columns; ``None`` or empty means every other column.
+        estimator: ``"auto"``, or for scikit-learn a name from ``CLASSIFIERS`` /
+            ``REGRESSORS``; for TensorFlow ``"mlp"`` (see ``keras_model``).
+        hyperparameters: scikit-learn: the estimator's keyword arguments, checked against its
+            parameters; TensorFlow: ``keras_model.HYPERPARAMETERS`` (epochs, batch_size,
+            learning_rate, hidden_units).
+        eval_fraction: share of rows held out for evaluation (0 < x < 1), split with ``seed``.
+        seed: random seed for the split and the estimator (when it takes ``random_state``).
+        sample_size: how many evaluation rows to export as sample instances.
+        framework: ``"scikit-learn"`` (``model.joblib``) or ``"tensorflow"`` (a Keras model
+            exported as ``saved_model/``; needs the project's ``tensorflow`` extra).
+
+    Raises:
+        TrainingInputError: any bad input, before training starts.
+    """
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    hyperparameters = dict(hyperparameters or {})
+    if not 0 < eval_fraction < 1:
+        raise TrainingInputError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
+    if sample_size < 1:
+        raise TrainingInputError(f"sample_size must be at least 1, got {sample_size}")
+    frame, default_target = load_table(data)
+    frame.columns = [str(c) for c in frame.columns]
+    target = target or default_target or ""
+    if not target:
+        raise TrainingInputError(f"no target column given for {data!r}; pass target=<column>")
+    features = list(feature_columns or [c for c in frame.columns if c != target])
+    check_inputs(frame, target, task, features, data)
+    fit = make_fitter(framework, task, estimator, hyperparameters, seed)
+
+    frame = frame[frame[target].notna()].reset_index(drop=True)
+    # Text columns as plain object dtype, missing as None: what a request's JSON gives the server.
+    for name in features:
+        if not pd.api.types.is_numeric_dtype(frame[name]):
+            frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+    x, y = frame[features], frame[target]
+    if task == "classification":
+        y = y.astype(str) if not pd.api.types.is_integer_dtype(y) else y
+    stratify = y if task == "classification" and y.value_counts().min() >= 2 else None
+    x_train, x_eval, y_train, y_eval = train_test_split(
+        x, y, test_size=eval_fraction, random_state=seed, stratify=stratify
+    )
+    schema = feature_schema(x_train, features)
+    model = fit(schema, x_train, y_train)
+    evaluation = evaluate(task, model, x_eval, y_eval)
+
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_file = model.save(out)
+    # Rows with missing values first (up to half the sample): they exercise the imputers.
+    has_missing = x_eval.isna().any(axis=1)
+    with_missing = x_eval[has_missing].head(sample_size // 2)
+    sample = pd.concat([with_missing, x_eval[~has_missing]]).head(sample_size)
+    instances = [
+        {name: json_value(value) for name, value in row.items()}
+        for row in sample.to_dict(orient="records")
+    ]
+    artifact.write_jsonl(out / artifact.INSTANCES_FILE, instances)
+    artifact.write_jsonl(out / artifact.EXPECTED_FILE, expected_predictions(task, model, sample))
+    fields = model.manifest_fields()
+    manifest = {
+        "manifest_version": artifact.MANIFEST_VERSION,
+        "framework": fields.pop("framework"),
+        "framework_version": fields.pop("framework_version"),
+        "python_version": platform.python_version(),
+        "libraries": fields.pop("libraries"),
+        "task": task,
+        "target": target,
+        "target_classes": model.classes if task == "classification" else [],
+        "features": schema,
+        "estimator": fields.pop("estimator"),
+        **fields,
+        "model_file": model_file,
+        "model_sha256": artifact.sha256_path(out / model_file),
+        "training": {
+            "data": data,
+            "rows": len(frame),
+            "train_rows": len(x_train),
+            "eval_rows": len(x_eval),
+            "eval_fraction": eval_fraction,
+            "seed": seed,
+        },
+        "metrics": evaluation.metrics,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_with": {"python": sys.version.split()[0]},
+    }
+    (out / artifact.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return TrainingResult(
+        out, manifest, evaluation.metrics, evaluation.confusion_matrix, evaluation.roc_curve
+    )

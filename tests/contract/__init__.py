@@ -1,0 +1,1 @@
+"""Tests of ``components/contract`` and the ``contract_check`` component."""

@@ -1,0 +1,241 @@
+"""The contract check of a running server, against real HTTP servers on this host (no container).
+
+Each fixture server under ``tests/contract/broken_images/`` (stdlib only) runs as a process
+with the ``AIP_*`` variables, exactly as its image runs it; ``check_server`` must give the
+verdict and message in ``verdicts.py``. The container-only parts (socket diagnosis, SIGTERM,
+logs) are in ``test_broken_images.py``.
+"""
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components import vertex
+from components.contract import (
+    RULES,
+    CheckSettings,
+    ContractViolation,
+    check_server,
+    explain_exit,
+)
+from components.runners import free_local_port
+from serving_image.server.artifact import read_jsonl
+from tests.contract.broken_images.verdicts import (
+    FIXTURES_DIR,
+    HEALTH_ROUTE,
+    PREDICT_ROUTE,
+    VERDICTS,
+)
+
+INSTANCES = read_jsonl(FIXTURES_DIR / "instances.jsonl")
+EXPECTED = read_jsonl(FIXTURES_DIR / "expected.jsonl")
+FIELDS = ("x1", "x2", "colour")
+
+
+@dataclass
+class FixtureServer:
+    """A fixture's server.py running as a process; a ``ServerObserver`` for the check."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+    started: float
+
+    def exit_note(self) -> str | None:
+        status = self.process.poll()
+        if status is None:
+            return None
+        return explain_exit(status, self.log_path.read_text(), "The server process")
+
+    def listening_note(self) -> str:
+        return ""
+
+
+@pytest.fixture
+def start_fixture(tmp_path: Path) -> Iterator[Callable[[str], FixtureServer]]:
+    """Start fixture servers by folder name; all are killed after the test."""
+    servers: list[FixtureServer] = []
+
+    def start(name: str) -> FixtureServer:
+        port = free_local_port()
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(FIXTURES_DIR),
+            "PYTHONUNBUFFERED": "1",
+            "PORT": str(free_local_port()),  # for wrong_port: anything but AIP_HTTP_PORT
+            **vertex.vertex_environment(port, HEALTH_ROUTE, PREDICT_ROUTE),
+        }
+        log_path = tmp_path / f"{name}.log"
+        started = time.monotonic()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(FIXTURES_DIR / name / "server.py")],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        servers.append(FixtureServer(process, log_path, f"http://127.0.0.1:{port}", started))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.process.kill()
+        server.process.wait(10)
+
+
+def check(server: FixtureServer, settings: CheckSettings | None = None, **kwargs: Any):
+    """``check_server`` on a fixture process with the fixture sample, Vertex-style routes."""
+    arguments: dict[str, Any] = {"instances": INSTANCES, "expected": EXPECTED, **kwargs}
+    return check_server(
+        server.url,
+        health_route=HEALTH_ROUTE,
+        predict_route=PREDICT_ROUTE,
+        settings=settings,
+        observer=server,
+        started=server.started,
+        **arguments,
+    )
+
+
+def test_a_correct_server_passes_every_rule(start_fixture: Callable[[str], FixtureServer]):
+    report = check(start_fixture("good_toy"))
+
+    assert report.passed, report.to_markdown()
+    assert [r.rule for r in report.rules] == [
+        rule for rule in RULES if rule not in ("health-means-ready", "sigterm")
+    ]
+    assert not any(r.skipped for r in report.rules)
+    assert report.result("oversize").detail.startswith("answered 413")
+    metrics = report.metrics()
+    assert metrics["passed"] == 1.0 and metrics["rules_failed"] == 0.0
+    assert 0 < metrics["startup_s"] < 10
+    assert {"predict_p50_ms", "burst_p95_ms", "health_max_ms"} <= set(metrics)
+
+
+def test_list_instances_without_expectations_check_the_shape_only(
+    start_fixture: Callable[[str], FixtureServer],
+):
+    rows = [[instance[name] for name in FIELDS] for instance in INSTANCES]
+    report = check(start_fixture("good_toy"), instances=rows, expected=None)
+
+    assert report.passed, report.to_markdown()
+    values = report.result("predict-values")
+    assert values.skipped and "shape only" in values.detail
+    # The wrong-feature request for a list instance is one value short: still a 400.
+    assert report.result("wrong-feature").detail.startswith("answered 400")
+
+
+@pytest.mark.parametrize(
+    "name", [name for name, verdict in VERDICTS.items() if not verdict.container_only]
+)
+def test_each_broken_server_gets_its_own_verdict_and_message(
+    name: str, start_fixture: Callable[[str], FixtureServer]
+):
+    verdict = VERDICTS[name]
+    report = check(start_fixture(name), CheckSettings(**verdict.settings))
+
+    assert {r.rule for r in report.violations} == verdict.failed, report.to_markdown()
+    message = report.violations[0].message()
+    for fragment in verdict.says:
+        assert fragment in message
+    assert "Vertex AI would" in message
+
+
+def test_a_server_that_dies_on_bad_input_ends_the_check_with_the_rest_skipped():
+    sys.path.insert(0, str(FIXTURES_DIR))
+    try:
+        import toyserver
+    finally:
+        sys.path.remove(str(FIXTURES_DIR))
+
+    class DiesOnBadJson(toyserver.Handler):
+        health_route, predict_route = HEALTH_ROUTE, PREDICT_ROUTE
+
+        def instances_of(self, body: bytes) -> list[Any]:
+            if body == b'{"instances": [':  # the bad-json request: stop listening
+                threading.Thread(target=lambda: (server.shutdown(), server.server_close())).start()
+            return super().instances_of(body)
+
+    DiesOnBadJson.model = toyserver.Model(0)
+    DiesOnBadJson.model.loaded.set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), DiesOnBadJson)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    report = check_server(
+        url,
+        instances=INSTANCES,
+        expected=EXPECTED,
+        health_route=HEALTH_ROUTE,
+        predict_route=PREDICT_ROUTE,
+    )
+    thread.join(10)
+
+    bad_json = report.result("bad-json")
+    assert not bad_json.passed
+    assert "the server is no longer healthy" in bad_json.detail
+    for rule in ("no-instances", "wrong-feature", "oversize", "concurrency"):
+        result = report.result(rule)
+        assert result.skipped and "no longer healthy" in result.detail
+
+
+def test_the_violation_names_rule_request_answer_and_what_vertex_would_do(
+    start_fixture: Callable[[str], FixtureServer],
+):
+    report = check(start_fixture("no_health_route"), CheckSettings(startup_deadline_s=1))
+
+    violation = ContractViolation(report)
+    text = str(violation)
+    assert text.startswith(f"{report.target} breaks the Vertex AI container contract (1 of ")
+    assert f"[health] health route {HEALTH_ROUTE} returned 404" in text
+    assert f"request sent: GET {HEALTH_ROUTE}" in text
+    assert "came back: 404 Not Found, body" in text
+    assert "Vertex AI would mark the replica unhealthy" in text
+    assert "Model server never became ready" in text
+    assert violation.report is report
+
+
+def test_the_markdown_report_of_a_failing_run_reads_as_a_report(
+    start_fixture: Callable[[str], FixtureServer],
+):
+    report = check(start_fixture("crash_on_bad_input"))
+    markdown = report.to_markdown()
+
+    assert markdown.startswith("# Vertex AI container contract check\n")
+    assert "**FAIL:" in markdown and "(bad-json, no-instances, wrong-feature, oversize)" in markdown
+    assert "| bad-json | FAIL |" in markdown and "| predict-values | PASS |" in markdown
+    assert "### oversize: a body over the 1.5 MB limit gets a 4xx" in markdown
+    assert "- **request sent:** `POST" in markdown and "bytes (limit 1,500,000)" in markdown
+    assert "- **Vertex AI would** " in markdown
+    assert "## Container logs" not in markdown  # a plain URL has no container
+
+
+def test_oversize_body_note_replaces_the_megabytes_of_body(
+    start_fixture: Callable[[str], FixtureServer],
+):
+    report = check(start_fixture("crash_on_bad_input"))
+    request = report.result("oversize").request
+
+    assert len(request) < 200
+    assert request.startswith(f'POST {PREDICT_ROUTE} with body {{"instances": [...]}} of ')
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"instances": []}, "at least one sample instance"),
+        ({"instances": [1, 2], "expected": [1]}, "1 expected predictions for 2 instances"),
+    ],
+)
+def test_check_server_rejects_inconsistent_samples(kwargs: dict[str, Any], message: str):
+    with pytest.raises(ValueError, match=message):
+        check_server("http://127.0.0.1:9", **kwargs)

@@ -1,0 +1,1 @@
+"""Tests of ``components/imaging``, the ``build_image`` component and the serving image."""

@@ -1,0 +1,1 @@
+"""Tests of ``pipelines/``: the compiled pipeline, submit and schedule, run-local."""

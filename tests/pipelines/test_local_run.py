@@ -1,0 +1,225 @@
+"""``compile.py run-local`` end to end: the README's main command, on the penguins data.
+
+Runs the real command line in a subprocess (kfp.local, podman/docker, the serving image, the
+contract check, the local registry, a local endpoint container and a local batch job), then
+checks the summary, a prediction from the endpoint it left running, and the batch output
+files against the input. A retrain run then becomes version 2 of the same model and replaces
+the first endpoint. Whatever endpoints the runs leave are undeployed afterwards.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components import stand_ins
+from components.runners import ENGINE_ENV, Engine
+from pipelines.local_run import STEPS
+from serving_image.server import artifact
+from tests.support import REPO_ROOT
+
+
+def run_local(output_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "compile.py", "run-local", "--output-dir", str(output_dir), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def failure_details(result: Any, output_dir: Path) -> str:
+    """The end of the run's output, and the contract check reports, for a failed run."""
+    reports = sorted(output_dir.glob("train-to-serve-local-*/contract-check/report"))
+    return "\n".join(
+        [result.stdout[-4000:], result.stderr[-2000:], *(r.read_text()[:4000] for r in reports)]
+    )
+
+
+def read_summary(stdout: str) -> dict[str, Any]:
+    path = stdout.strip().splitlines()[-1].removeprefix("summary: ")
+    return json.loads(Path(path).read_text())
+
+
+def jsonl(directory: Path, pattern: str) -> list[Any]:
+    return [
+        json.loads(line)
+        for path in sorted(directory.glob(pattern))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+@pytest.fixture(scope="module")
+def output_dir(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[Path]:
+    directory = tmp_path_factory.mktemp("run-local")
+    yield directory
+    endpoints = directory / "endpoints"
+    for endpoint in stand_ins.list_endpoints(endpoints) if endpoints.exists() else []:
+        stand_ins.undeploy(endpoint.endpoint_id, endpoints_dir=endpoints)
+        assert stand_ins.labelled_containers(engine, endpoint.endpoint_id) == []
+
+
+@pytest.fixture(scope="module")
+def first_run(output_dir: Path) -> dict[str, Any]:
+    result = run_local(output_dir)
+    assert result.returncode == 0, failure_details(result, output_dir)
+    for step in STEPS:
+        assert f"==> step {step}: SUCCESS" in result.stdout, f"no progress line for {step}"
+    return read_summary(result.stdout)
+
+
+@pytest.mark.container
+def test_the_summary_names_every_result_and_times_every_step(
+    first_run: dict[str, Any], output_dir: Path
+) -> None:
+    summary = first_run
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == output_dir and (run_dir / "summary.json").is_file()
+    assert set(summary["step_seconds"]) == set(STEPS)
+    assert all(seconds > 0 for seconds in summary["step_seconds"].values())
+    assert summary["wall_seconds"] >= sum(summary["step_seconds"].values()) * 0.9
+    assert summary["metrics"]["accuracy"] >= 0.8 and summary["gate_passed"] is True
+    assert "@sha256:" in summary["image"]
+    assert summary["contract_check"]["passed"] == 1.0
+    assert summary["contract_check"]["rules_failed"] == 0.0
+    report = Path(summary["contract_report"]).read_text()
+    assert "**PASS:" in report
+    version = summary["model_version"]
+    assert version["resourceName"].startswith("projects/local/locations/local/models/")
+    assert version["versionId"] == "1" and version["versionAliases"] == ["default"]
+    assert summary["endpoint"]["url"].startswith("http://127.0.0.1:")
+    assert (Path(summary["model_dir"]) / artifact.MANIFEST_FILE).is_file()
+
+
+@pytest.mark.container
+def test_the_chained_contract_check_emits_the_unmanaged_container_model_for_upload(
+    first_run: dict[str, Any],
+) -> None:
+    """train -> build -> check under kfp.local: the checked image's spec, the trained model."""
+    written = json.loads(
+        (Path(first_run["run_dir"]) / "contract-check" / "executor_output.json").read_text()
+    )
+    (artifact,) = written["artifacts"]["unmanaged_container_model"]["artifacts"]
+    assert artifact["uri"].removeprefix("file://") == first_run["model_dir"]
+    spec = artifact["metadata"]["containerSpec"]
+    assert spec["imageUri"] == first_run["image"]
+    assert [int(p["containerPort"]) for p in spec["ports"]] == [8080]
+    assert (spec["healthRoute"], spec["predictRoute"]) == ("/health", "/predict")
+    assert "startupProbe" not in spec  # a small model that starts at once
+
+
+@pytest.mark.container
+def test_the_endpoint_left_running_predicts_the_exported_sample(
+    first_run: dict[str, Any], output_dir: Path
+) -> None:
+    model_dir = Path(first_run["model_dir"])
+    instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
+    expected = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)
+    endpoint_id = first_run["endpoint"]["resourceName"].rsplit("/", 1)[-1]
+    answer = stand_ins.predict(endpoint_id, instances, endpoints_dir=output_dir / "endpoints")
+    assert answer["predictions"] == expected
+    assert answer["model"] == first_run["model_version"]["resourceName"].split("@")[0]
+
+
+@pytest.mark.container
+def test_batch_output_has_one_line_per_input_row_in_vertex_format(
+    first_run: dict[str, Any], output_dir: Path
+) -> None:
+    inputs = jsonl(output_dir / "batch-input", "penguins.jsonl")
+    assert len(inputs) == 344  # every row of the bundled data set
+    batch = first_run["batch"]
+    directory = Path(batch["output_dir"])
+    assert directory.parent == output_dir / "batch-predictions"
+    assert directory.name.startswith("prediction-train-to-serve-")
+    results = jsonl(directory, "prediction.results-*")
+    errors = jsonl(directory, "prediction.errors_stats-*")
+    assert len(results) + len(errors) == len(inputs)
+    assert errors == [] and batch["prediction_lines"] == len(inputs)
+    assert batch["completionStats"] == {
+        "successfulCount": len(inputs),
+        "failedCount": 0,
+        "incompleteCount": 0,
+    }
+    assert sorted(json.dumps(r["instance"], sort_keys=True) for r in results) == sorted(
+        json.dumps(i, sort_keys=True) for i in inputs
+    )
+    assert all(set(r["prediction"]) == {"label", "probabilities"} for r in results)
+
+
+@pytest.mark.container
+def test_a_retrain_becomes_version_2_and_replaces_the_endpoint(
+    first_run: dict[str, Any], output_dir: Path
+) -> None:
+    model = first_run["model_version"]["resourceName"].split("@")[0]
+    result = run_local(
+        output_dir,
+        "--parent-model",
+        model,
+        "--estimator",
+        "random_forest",
+        "--batch-instances",
+        str(output_dir / "batch-input" / "penguins.jsonl"),
+    )
+    assert result.returncode == 0, failure_details(result, output_dir)
+    summary = read_summary(result.stdout)
+    assert summary["model_version"]["resourceName"] == f"{model}@2"
+    assert summary["model_version"]["parentModel"] == f"{model}@1"
+    assert summary["replaced_endpoints"] == [first_run["endpoint"]["resourceName"]]
+    remaining = stand_ins.list_endpoints(output_dir / "endpoints")
+    assert [e.resource_name for e in remaining] == [summary["endpoint"]["resourceName"]]
+
+
+@pytest.mark.container
+def test_a_tensorflow_model_goes_the_same_way_end_to_end(
+    tmp_path: Path, engine: Engine, output_dir: Path
+) -> None:
+    instances = output_dir / "batch-input" / "penguins.jsonl"  # written by the first run
+    if not instances.exists():
+        run_local(output_dir)
+    result = run_local(tmp_path, "--framework", "tensorflow", "--batch-instances", str(instances))
+    try:
+        assert result.returncode == 0, failure_details(result, tmp_path)
+        summary = read_summary(result.stdout)
+        assert summary["framework"] == "tensorflow"
+        assert summary["contract_check"]["passed"] == 1.0
+        assert summary["gate_passed"] is True
+        assert (Path(summary["model_dir"]) / "saved_model").is_dir()
+        batch = summary["batch"]
+        assert batch["prediction_lines"] == 344 and batch["error_lines"] == 0
+        endpoint_id = summary["endpoint"]["resourceName"].rsplit("/", 1)[-1]
+        model_dir = Path(summary["model_dir"])
+        answer = stand_ins.predict(
+            endpoint_id,
+            artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE),
+            endpoints_dir=tmp_path / "endpoints",
+        )
+        expected = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)
+        assert [p["label"] for p in answer["predictions"]] == [e["label"] for e in expected]
+    finally:
+        for endpoint in stand_ins.list_endpoints(tmp_path / "endpoints"):
+            stand_ins.undeploy(endpoint.endpoint_id, endpoints_dir=tmp_path / "endpoints")
+
+
+def test_without_a_container_engine_it_stops_before_training_and_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    result = run_local(tmp_path, env={ENGINE_ENV: "/nonexistent/podman"})
+    assert result.returncode == 2
+    assert "needs podman or docker" in result.stderr
+    assert "scripts/setup-container-engine.sh" in result.stderr
+    assert not list(tmp_path.glob("train-to-serve-local-*")), "nothing ran"
+
+
+def test_a_missing_batch_input_stops_the_run_before_anything_runs(tmp_path: Path) -> None:
+    result = run_local(tmp_path, "--batch-instances", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2
+    assert "--batch-instances" in result.stderr and "missing.jsonl" in result.stderr
+    assert not list(tmp_path.glob("train-to-serve-local-*")), "nothing ran"

@@ -1,0 +1,533 @@
+"""The compiled train-to-serve pipeline, read as Vertex AI Pipelines would read it.
+
+The DAG order, the evaluation gate and the parameters are checked in the YAML; then GCPC's own
+launcher code (the upload and batch-prediction remote runners that run inside GCPC's image on
+Vertex) is run on the executor input our pipeline produces, with only the one API call that
+would leave this machine patched to capture its request.
+"""
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import yaml
+from google.auth.credentials import AnonymousCredentials
+from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
+from google.cloud.aiplatform_v1.types import BatchPredictionJob, JobState
+from google_cloud_pipeline_components.container.v1.batch_prediction_job import (
+    remote_runner as batch_runner,
+)
+from google_cloud_pipeline_components.container.v1.gcp_launcher import lro_remote_runner
+from google_cloud_pipeline_components.container.v1.model.upload_model import (
+    remote_runner as upload_runner,
+)
+
+import compile as cli
+from components.vertex import unmanaged_container_model_metadata
+
+RUN_VALUES = {
+    "project": "my-project",
+    "location": "europe-west4",
+    "staging_bucket": "gs://my-bucket/staging",
+    "batch_gcs_source_uris": ["gs://my-bucket/batch/input.jsonl"],
+    "batch_output_uri_prefix": "gs://my-bucket/batch/out",
+    "model_display_name": "penguins-classifier",
+}
+IMAGE = "europe-west4-docker.pkg.dev/my-project/train-to-serve/serving@sha256:" + "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("compiled")
+    assert (
+        cli.main(
+            [
+                "compile",
+                "--output",
+                str(out / "pipeline.yaml"),
+                "--project",
+                "my-project",
+                "--region",
+                "europe-west4",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (out / "components").iterdir()) == [
+        "build_image.yaml",
+        "contract_check.yaml",
+        "evaluation_gate.yaml",
+        "train.yaml",
+    ]
+    return yaml.safe_load((out / "pipeline.yaml").read_text())
+
+
+def _tasks(spec: dict, component: str = "root") -> dict[str, dict]:
+    """Every task in the DAG, flattened across condition groups: name -> task (+ its group)."""
+    dag = spec["root"]["dag"] if component == "root" else spec["components"][component]["dag"]
+    found = {}
+    for name, task in dag["tasks"].items():
+        ref = task["componentRef"]["name"]
+        found[name] = {**task, "group": component}
+        if "dag" in spec["components"][ref]:
+            found.update(_tasks(spec, ref))
+    return found
+
+
+def _upstream(tasks: dict, name: str) -> set[str]:
+    """All tasks ``name`` transitively depends on, through condition groups too."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        task = tasks[todo.pop()]
+        deps = set(task.get("dependentTasks", []))
+        if task["group"] != "root":
+            deps.add(
+                next(n for n, t in tasks.items() if t["componentRef"]["name"] == task["group"])
+            )
+        for dep in deps - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_dag_order(spec: dict) -> None:
+    tasks = _tasks(spec)
+    by_component = {n: t["componentRef"]["name"] for n, t in tasks.items()}
+    uploads = [n for n, c in by_component.items() if c.startswith("comp-model-upload")]
+    assert len(uploads) == 2  # new model, or new version of parent_model
+    for upload in uploads:
+        assert {"train", "build-image", "contract-check", "evaluation-gate"} <= _upstream(
+            tasks, upload
+        )
+    assert {"train", "build-image"} <= _upstream(tasks, "contract-check")
+    deploy, batch, gpu_batch = "model-deploy", "model-batch-predict-2", "model-batch-predict"
+    for task in (deploy, batch):
+        assert "evaluation-gate" in _upstream(tasks, task)
+        # upload feeds both, through dsl.OneOf of the two upload branches
+        model_input = tasks[task]["inputs"]["artifacts"]["model"]
+        assert "taskOutputArtifact" in model_input or "componentInputArtifact" in model_input
+    for one, other in [(deploy, batch), (deploy, gpu_batch)]:
+        assert one not in _upstream(tasks, other) and other not in _upstream(tasks, one)
+    assert "endpoint-create" not in _upstream(tasks, batch)
+    # A TensorFlow model's batch job: the GPU variant of the image, checked, after the gate.
+    assert tasks[gpu_batch]["inputs"]["artifacts"] == {
+        "unmanaged_container_model": {
+            "taskOutputArtifact": {
+                "outputArtifactKey": "unmanaged_container_model",
+                "producerTask": "contract-check-2",
+            }
+        }
+    }
+    assert {"build-image-2", "evaluation-gate"} <= _upstream(tasks, "contract-check-2")
+    assert tasks["build-image-2"]["inputs"]["parameters"]["gpu"] == {
+        "runtimeValue": {"constant": True}
+    }
+    branches = {tasks[gpu_batch]["group"], tasks[batch]["group"]}
+    conditions = {
+        spec["components"]["comp-condition-branches-8"]["dag"]["tasks"][c.removeprefix("comp-")][
+            "triggerPolicy"
+        ]["condition"]
+        for c in branches
+    }
+    assert conditions == {
+        "inputs.parameter_values['pipelinechannel--framework'] == 'tensorflow'",
+        "!(inputs.parameter_values['pipelinechannel--framework'] == 'tensorflow')",
+    }
+
+
+def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
+    root = spec["root"]["dag"]["tasks"]
+    gate_groups = [t for t in root.values() if "triggerPolicy" in t]
+    assert len(gate_groups) == 1
+    condition = gate_groups[0]["triggerPolicy"]["condition"]
+    assert "evaluation-gate" in condition and "== true" in condition
+    inside = {n for n, t in _tasks(spec).items() if t["group"] != "root"}
+    assert {
+        "model-deploy",
+        "model-batch-predict",
+        "model-batch-predict-2",
+        "endpoint-create",
+        "build-image-2",
+        "contract-check-2",
+    } <= inside
+    assert not {"train", "build-image", "contract-check", "evaluation-gate"} & inside
+
+
+def test_the_local_backend_compiles_the_same_dag_with_the_stand_ins(tmp_path: Path) -> None:
+    from kfp import compiler
+
+    from pipelines.train_to_serve import build_pipeline
+
+    compiler.Compiler().compile(build_pipeline(backend="local"), str(tmp_path / "local.yaml"))
+    local = yaml.safe_load((tmp_path / "local.yaml").read_text())
+    tasks = _tasks(local)
+    first_half = {"train", "build-image", "contract-check", "evaluation-gate"}
+    upload, deploy, batch = "local-model-upload", "local-model-deploy", "local-batch-predict"
+    assert set(tasks) == first_half | {upload, deploy, batch} | {
+        n for n, t in tasks.items() if n.startswith("condition")
+    }
+    assert first_half <= _upstream(tasks, upload)
+    for task in (deploy, batch):
+        assert upload in _upstream(tasks, task)
+    assert deploy not in _upstream(tasks, batch) and batch not in _upstream(tasks, deploy)
+    inside = {n for n, t in tasks.items() if t["group"] != "root"}
+    assert {upload, deploy, batch} <= inside and not first_half & inside
+    checked = tasks[upload]["inputs"]["artifacts"]["unmanaged_container_model"]
+    # inside the gate's condition group, passed in from the contract check's output
+    assert checked == {
+        "componentInputArtifact": "pipelinechannel--contract-check-unmanaged_container_model"
+    }
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    from pipelines.train_to_serve import build_pipeline
+
+    with pytest.raises(ValueError, match="unknown backend 'kubeflow'"):
+        build_pipeline(backend="kubeflow")
+
+
+def test_parameters(spec: dict) -> None:
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    required = sorted(n for n, p in params.items() if "defaultValue" not in p)
+    assert required == ["batch_output_uri_prefix", "project", "staging_bucket"]
+    defaults = {n: p.get("defaultValue") for n, p in params.items()}
+    assert defaults["location"] == "us-central1"
+    assert defaults["batch_machine_type"] == "n1-standard-8"
+    assert defaults["batch_accelerator_type"] == "NVIDIA_TESLA_T4"
+    assert defaults["batch_accelerator_count"] == 1
+    assert defaults["version_aliases"] == ["default"]
+    assert defaults["gate_metric"] == "accuracy"
+
+
+def test_location_is_passed_to_every_vertex_op(spec: dict) -> None:
+    for name, task in _tasks(spec).items():
+        ref = task["componentRef"]["name"]
+        if ref in (
+            "comp-model-upload",
+            "comp-model-upload-2",
+            "comp-endpoint-create",
+            "comp-model-batch-predict",
+            "comp-model-batch-predict-2",
+        ):
+            location = task["inputs"]["parameters"]["location"]
+            assert location == {"componentInputParameter": "pipelinechannel--location"}, name
+
+
+def test_our_tasks_run_in_the_components_image(spec: dict) -> None:
+    executors = spec["deploymentSpec"]["executors"]
+    ours = [
+        "exec-train",
+        "exec-build-image",
+        "exec-contract-check",
+        "exec-evaluation-gate",
+        "exec-build-image-2",  # the GPU variant for a TensorFlow model's batch job
+        "exec-contract-check-2",
+    ]
+    for name in ours:
+        assert executors[name]["container"]["image"] == (
+            "europe-west4-docker.pkg.dev/my-project/train-to-serve/components:0.1.0"
+        )
+    gcpc = {
+        e["container"]["image"]
+        for n, e in executors.items()
+        if n not in ours and "importer" not in e
+    }
+    assert gcpc == {"gcr.io/ml-pipeline/google-cloud-pipeline-components:2.22.0"}
+
+
+# --- GCPC's launchers on our executor input ---------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
+
+
+def _task_inputs(spec: dict, executor: str, run: dict) -> dict[str, Any]:
+    """The parameter values one task receives, resolved through the condition groups."""
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    env = {n: p.get("defaultValue") for n, p in params.items()} | run
+
+    def walk(component: str, scope: dict) -> dict | None:
+        dag = spec["root"]["dag"] if component == "root" else spec["components"][component]["dag"]
+        for task in dag["tasks"].values():
+            ref = task["componentRef"]["name"]
+            target = spec["components"][ref]
+            values = {
+                n: p.get("defaultValue")
+                for n, p in target.get("inputDefinitions", {}).get("parameters", {}).items()
+            }
+            for name, source in task.get("inputs", {}).get("parameters", {}).items():
+                if "componentInputParameter" in source:
+                    values[name] = scope[source["componentInputParameter"]]
+                elif "runtimeValue" in source:
+                    values[name] = source["runtimeValue"]["constant"]
+            if "dag" in target:
+                found = walk(ref, values)
+                if found is not None:
+                    return found
+            elif target.get("executorLabel") == executor:
+                return values
+        return None
+
+    found = walk("root", env)
+    assert found is not None, executor
+    return found
+
+
+def _render(value: Any) -> str:
+    """A parameter as Vertex's backend pastes it into a placeholder."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value)
+
+
+def _evaluate(node: Any, inputs: dict, artifacts: dict) -> str:
+    if isinstance(node, str):
+        text = _PLACEHOLDER.sub(lambda m: _render(inputs[m.group(1)]), node)
+        text = re.sub(
+            r"\{\{\$\.inputs\.artifacts\['([^']+)'\]\.metadata\['([^']+)'\]\}\}",
+            lambda m: artifacts[m.group(1)]["metadata"][m.group(2)],
+            text,
+        )
+        return text.replace("{{$.pipeline_job_uuid}}", "1234")
+    if "Concat" in node:
+        return "".join(_evaluate(part, inputs, artifacts) for part in node["Concat"])
+    if "IfPresent" in node:
+        clause = node["IfPresent"]
+        present = clause["InputName"] in artifacts or inputs.get(clause["InputName"])
+        return _evaluate(clause["Then"], inputs, artifacts) if present else ""
+    raise AssertionError(f"unknown placeholder {node}")
+
+
+def _payload(spec: dict, executor: str, inputs: dict, artifacts: dict) -> str:
+    args = spec["deploymentSpec"]["executors"][executor]["container"]["args"]
+    raw = args[args.index("--payload") + 1]
+    return _evaluate(json.loads(raw), inputs, artifacts)
+
+
+def _executor_input(tmp_path: Path, artifacts: dict, outputs: tuple[str, ...] = ()) -> str:
+    return json.dumps(
+        {
+            "inputs": {
+                "artifacts": {
+                    name: {"artifacts": [{"uri": a["uri"], "metadata": a["metadata"]}]}
+                    for name, a in artifacts.items()
+                }
+            },
+            "outputs": {
+                "outputFile": str(tmp_path / "executor_output.json"),
+                "artifacts": {
+                    name: {"artifacts": [{"name": name, "uri": f"gs://my-bucket/root/{name}"}]}
+                    for name in outputs
+                },
+            },
+        }
+    )
+
+
+def _launch(
+    launcher: Callable[..., Any],
+    request_type: str,
+    inputs: dict[str, Any],
+    payload: str,
+    tmp_path: Path,
+    artifacts: dict,
+    outputs: tuple[str, ...] = (),
+    **extra: Any,
+) -> None:
+    """Run a GCPC launcher as the task would, with anonymous credentials (the caller replaces
+    the requests it sends)."""
+    credentials = (AnonymousCredentials(), "my-project")
+    with mock.patch("google.auth.default", return_value=credentials):
+        launcher(
+            type=request_type,
+            project=inputs["project"],
+            location=inputs["location"],
+            payload=payload,
+            gcp_resources=str(tmp_path / "gcp_resources"),
+            executor_input=_executor_input(tmp_path, artifacts, outputs),
+            **extra,
+        )
+
+
+@pytest.mark.parametrize("executor", ["exec-model-upload", "exec-model-upload-2"])
+def test_gcpc_upload_request(spec: dict, tmp_path: Path, executor: str) -> None:
+    metadata = unmanaged_container_model_metadata(
+        IMAGE,
+        port=8080,
+        health_route="/health",
+        predict_route="/predict",
+        env={"SERVING_LOG_LEVEL": "info"},
+    )
+    # kfp.local and Vertex hand numbers in artifact metadata over as floats.
+    metadata["containerSpec"]["ports"] = [{"containerPort": 8080.0}]
+    artifacts = {
+        "unmanaged_container_model": {
+            "uri": "gs://my-bucket/root/123/train/model",
+            "metadata": metadata,
+        }
+    }
+    inputs = _task_inputs(spec, executor, RUN_VALUES)
+    parent = "projects/my-project/locations/europe-west4/models/42"
+    if executor == "exec-model-upload":  # the new-version branch (see dsl.If)
+        artifacts["parent_model"] = {"uri": parent, "metadata": {"resourceName": parent + "@3"}}
+    payload = _payload(spec, executor, inputs, artifacts)
+    sent = {}
+
+    def create_lro(self, url, request, gcp_resources):
+        sent["url"], sent["request"] = url, json.loads(request)
+        return {"name": "operations/1"}
+
+    poll = {"response": {"model": parent, "modelVersionId": "4"}}
+    with (
+        mock.patch.object(lro_remote_runner.LroRemoteRunner, "create_lro", create_lro),
+        mock.patch.object(lro_remote_runner.LroRemoteRunner, "poll_lro", return_value=poll),
+    ):
+        _launch(
+            upload_runner.upload_model,
+            "UploadModel",
+            inputs,
+            payload,
+            tmp_path,
+            artifacts,
+            outputs=("model",),
+            parent_model_name=artifacts.get("parent_model", {})
+            .get("metadata", {})
+            .get("resourceName"),
+        )
+    assert sent["url"] == (
+        "https://europe-west4-aiplatform.googleapis.com/v1/projects/my-project/locations/"
+        "europe-west4/models:upload"
+    )
+    model = sent["request"]["model"]
+    assert model["display_name"] == "penguins-classifier"
+    assert model["artifact_uri"] == "gs://my-bucket/root/123/train/model"
+    assert model["version_aliases"] == ["default"]
+    container = model["container_spec"]
+    assert container["image_uri"] == IMAGE
+    assert container["ports"] == [{"container_port": 8080.0}]
+    assert container["predict_route"] == "/predict"
+    assert container["health_route"] == "/health"
+    assert container["env"] == [{"name": "SERVING_LOG_LEVEL", "value": "info"}]
+    if executor == "exec-model-upload":
+        assert sent["request"]["parent_model"] == parent  # version suffix stripped by GCPC
+    else:
+        assert "parent_model" not in sent["request"]
+    output = json.loads((tmp_path / "executor_output.json").read_text())
+    assert output["artifacts"]["model"]["artifacts"][0]["metadata"]["resourceName"] == (
+        parent + "@4"
+    )
+
+
+def test_upload_display_name_is_checked_before_submit() -> None:
+    from pipelines.train_to_serve import check_run_parameters
+
+    values = {**_defaults(), **RUN_VALUES, "model_display_name": 'my "best" model'}
+    with pytest.raises(ValueError, match="no quotes or backslashes"):
+        check_run_parameters(values)
+
+
+def _defaults() -> dict:
+    from pipelines.train_to_serve import build_pipeline
+
+    return {
+        name: spec.default
+        for name, spec in build_pipeline().component_spec.inputs.items()
+        if spec.default is not None
+    }
+
+
+@pytest.mark.parametrize("framework", ["scikit-learn", "tensorflow"])
+def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path, framework: str) -> None:
+    run = {
+        **RUN_VALUES,
+        "batch_accelerator_count": 2,
+        "batch_size": 200,
+        "batch_replica_count": 3,
+        "framework": framework,
+    }
+    model = "projects/my-project/locations/europe-west4/models/42@4"
+    gpu_image = IMAGE.replace("serving@", "serving-gpu@")
+    if framework == "tensorflow":  # the GPU image's checked UnmanagedContainerModel
+        executor = "exec-model-batch-predict"
+        metadata = unmanaged_container_model_metadata(
+            gpu_image, port=8080, health_route="/health", predict_route="/predict"
+        )
+        artifacts = {
+            "unmanaged_container_model": {"uri": "gs://my-bucket/root/model", "metadata": metadata}
+        }
+    else:  # the uploaded model version
+        executor = "exec-model-batch-predict-2"
+        artifacts = {"model": {"uri": "https://x/v1/" + model, "metadata": {"resourceName": model}}}
+    inputs = _task_inputs(spec, executor, run)
+    payload = _payload(spec, executor, inputs, artifacts)
+    sent = {}
+
+    def create(self, *, parent, batch_prediction_job, **_):
+        sent["parent"], sent["job"] = parent, batch_prediction_job
+        return BatchPredictionJob(name=f"{parent}/batchPredictionJobs/7")
+
+    def get(self, *, name, **_):
+        return BatchPredictionJob(name=name, state=JobState.JOB_STATE_SUCCEEDED)
+
+    with (
+        mock.patch.object(JobServiceClient, "create_batch_prediction_job", create),
+        mock.patch.object(JobServiceClient, "get_batch_prediction_job", get),
+    ):
+        _launch(
+            batch_runner.create_batch_prediction_job,
+            "BatchPredictionJob",
+            inputs,
+            payload,
+            tmp_path,
+            artifacts,
+        )
+    assert sent["parent"] == "projects/my-project/locations/europe-west4"
+    job = sent["job"]
+    job = job if isinstance(job, dict) else BatchPredictionJob.to_dict(job)
+    assert job["display_name"] == "penguins-classifier"
+    if framework == "tensorflow":
+        assert "model" not in job or not job["model"]
+        unmanaged = job["unmanaged_container_model"]
+        assert unmanaged["container_spec"]["image_uri"] == gpu_image
+        assert unmanaged["artifact_uri"] == "gs://my-bucket/root/model"
+    else:
+        assert job["model"] == model
+    assert job["input_config"]["instances_format"] == "jsonl"
+    assert job["input_config"]["gcs_source"]["uris"] == ["gs://my-bucket/batch/input.jsonl"]
+    assert job["output_config"]["predictions_format"] == "jsonl"
+    assert job["output_config"]["gcs_destination"]["output_uri_prefix"] == (
+        "gs://my-bucket/batch/out"
+    )
+    resources = job["dedicated_resources"]
+    assert resources["machine_spec"]["machine_type"] == "n1-standard-8"
+    assert resources["machine_spec"]["accelerator_type"] == "NVIDIA_TESLA_T4"
+    assert resources["machine_spec"]["accelerator_count"] == 2
+    assert resources["starting_replica_count"] == 3
+    assert resources["max_replica_count"] == 3
+    assert job["manual_batch_tuning_parameters"]["batch_size"] == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_accelerator_count": 3}, "n1-standard-8 takes [1, 2, 4] x NVIDIA_TESLA_T4"),
+        ({"batch_machine_type": "e2-standard-8"}, "cannot carry GPUs"),
+        ({"deploy_min_replicas": 0}, "deploy_min_replicas must be at least 1"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"staging_bucket": "my-bucket"}, "staging_bucket 'my-bucket' must be a gs:// URI"),
+        ({"batch_gcs_source_uris": []}, "needs batch_gcs_source_uris"),
+        ({"deploy_max_replicas": 0, "deploy_min_replicas": 1}, "deploy_max_replicas must be"),
+    ],
+)
+def test_run_parameters_vertex_would_refuse(change: dict, message: str) -> None:
+    from pipelines.train_to_serve import check_run_parameters
+
+    with pytest.raises(ValueError) as caught:
+        check_run_parameters({**_defaults(), **RUN_VALUES, **change})
+    assert message in str(caught.value)

@@ -1,0 +1,290 @@
+"""submit and schedule: the exact PipelineJob / PipelineJobSchedule requests, captured offline.
+
+No credentials and no network: the SDK builds its requests with anonymous credentials and the
+one API method that would send each request is patched to capture it.
+"""
+
+import shlex
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud.aiplatform_v1.services.pipeline_service import PipelineServiceClient
+from google.cloud.aiplatform_v1.services.schedule_service import ScheduleServiceClient
+from kfp import compiler, dsl
+
+import compile as cli
+from components.evaluation_gate import evaluation_gate
+from pipelines.parameters import ParameterError, validate_parameters
+from pipelines.vertex_jobs import RunSettings, SubmitError, check_settings, validate_cron
+
+
+@dsl.pipeline(name="typed-parameters")
+def typed_pipeline(
+    project: str,
+    threshold: float = 0.8,
+    replicas: int = 1,
+    use_gpu: bool = True,
+    sources: list = [],  # noqa: B006
+    labels: dict = {},  # noqa: B006
+) -> None:
+    """A small pipeline whose root parameters cover every KFP parameter type."""
+    metrics = dsl.importer(artifact_uri="gs://b/metrics", artifact_class=dsl.Metrics)
+    evaluation_gate(metrics=metrics.output, metric=project, threshold=threshold)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "pipeline.yaml"
+    compiler.Compiler().compile(typed_pipeline, str(path))
+    return path
+
+
+@pytest.fixture
+def captured():
+    """Patch the API methods that send requests; collect what would have been sent."""
+    sent: dict = {}
+
+    def as_created(message, name: str):
+        """What the service answers: the same resource, now with a name."""
+        answer = type(message)()
+        type(message).copy_from(answer, message)
+        answer.name = name
+        return answer
+
+    def create_job(self, *, parent, pipeline_job, pipeline_job_id=None, **_):
+        sent["job"] = {"parent": parent, "job": pipeline_job, "job_id": pipeline_job_id}
+        return as_created(pipeline_job, f"{parent}/pipelineJobs/{pipeline_job_id or 'new'}")
+
+    def create_schedule(self, *, parent, schedule, **_):
+        sent["schedule"] = {"parent": parent, "schedule": schedule}
+        return as_created(schedule, f"{parent}/schedules/123")
+
+    def ensure_bucket(*, output_artifacts_gcs_dir, **_):
+        sent["bucket"] = output_artifacts_gcs_dir
+
+    with (
+        mock.patch.object(PipelineServiceClient, "create_pipeline_job", create_job),
+        mock.patch(
+            "google.cloud.aiplatform.pipeline_jobs.gcs_utils."
+            "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
+            ensure_bucket,
+        ),
+        mock.patch.object(ScheduleServiceClient, "create_schedule", create_schedule),
+        mock.patch("google.auth.default", return_value=(AnonymousCredentials(), "my-project")),
+    ):
+        yield sent
+
+
+RUN = [
+    "--project",
+    "my-project",
+    "--region",
+    "europe-west4",
+    "--pipeline-root",
+    "gs://my-bucket/root",
+]
+
+
+def test_submit_sends_typed_parameters(template: Path, captured: dict) -> None:
+    code = cli.main(
+        [
+            "submit",
+            *RUN,
+            "--template",
+            str(template),
+            *shlex.split(
+                "--param project=accuracy --param threshold=0.93 --param replicas=3 "
+                "--param use_gpu=false --param 'sources=[\"gs://b/x.jsonl\"]' "
+                "--label team=ml --no-cache --job-id run-1 --display-name nightly"
+            ),
+        ]
+    )
+    assert code == 0
+    request = captured["job"]
+    assert request["parent"] == "projects/my-project/locations/europe-west4"
+    assert request["job_id"] == "run-1"
+    assert captured["bucket"] == "gs://my-bucket/root"
+    job = request["job"]
+    assert job.display_name == "nightly"
+    assert job.labels["team"] == "ml"
+    runtime = job.runtime_config
+    assert runtime.gcs_output_directory == "gs://my-bucket/root"
+    values = dict(runtime.parameter_values)
+    assert values["project"] == "accuracy"
+    assert values["threshold"] == 0.93
+    assert values["replicas"] == 3
+    assert values["use_gpu"] is False
+    assert list(values["sources"]) == ["gs://b/x.jsonl"]
+    tasks = job.pipeline_spec["root"]["dag"]["tasks"]
+    assert all(
+        task.get("cachingOptions", {}).get("enableCache", False) is False for task in tasks.values()
+    )
+
+
+def test_submit_reads_a_parameter_file(template: Path, captured: dict, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("project: f1_macro\nthreshold: 0.5\nlabels: {a: b}\n")
+    assert (
+        cli.main(
+            [
+                "submit",
+                *RUN,
+                "--template",
+                str(template),
+                "--params-file",
+                str(params),
+                "--param",
+                "threshold=0.7",
+            ]
+        )
+        == 0
+    )
+    values = dict(captured["job"]["job"].runtime_config.parameter_values)
+    assert values["project"] == "f1_macro"
+    assert values["threshold"] == 0.7  # the flag wins over the file
+    assert dict(values["labels"]) == {"a": "b"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--param", "projekt=x"], "unknown pipeline parameter(s) ['projekt']"),
+        (
+            ["--param", "project=x", "--param", "replicas=two"],
+            "parameter 'replicas' must be an integer, got 'two'",
+        ),
+        (
+            ["--param", "project=x", "--param", "use_gpu=maybe"],
+            "parameter 'use_gpu' must be true or false",
+        ),
+        (
+            ["--param", "project=x", "--param", "sources=[oops"],
+            "parameter 'sources' must be a JSON list",
+        ),
+        ([], "missing required pipeline parameter(s) ['project']"),
+        (["--param", "project=x", "--label", "Team=ML"], "label Team='ML'"),
+        (["--param", "noequals"], "--param expects NAME=VALUE, got 'noequals'"),
+    ],
+)
+def test_submit_rejects_bad_input_before_any_request(
+    template: Path, captured: dict, capsys: pytest.CaptureFixture, extra: list, message: str
+) -> None:
+    assert cli.main(["submit", *RUN, "--template", str(template), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert captured == {}
+
+
+def test_settings_checks(template: Path) -> None:
+    good = dict(
+        template=template,
+        project="my-project",
+        region="us-central1",
+        pipeline_root="gs://b/r",
+        parameters={"project": "x"},
+    )
+    assert check_settings(RunSettings(**good)) == {"project": "x"}
+    for change, message in [
+        ({"project": ""}, "no project"),
+        ({"project": "My_Project"}, "not a valid project ID"),
+        ({"pipeline_root": "/tmp/root"}, "must be a gs:// URI"),
+        ({"region": "central"}, "not a region name"),
+        ({"template": template.parent / "missing.yaml"}, "not found; run compile first"),
+        (
+            {"parameters": {"project": "x", "threshold": "high"}},
+            "parameter 'threshold' must be a number, got str 'high'",
+        ),
+        ({"parameters": {"project": "x", "replicas": True}}, "must be an integer, got bool"),
+    ]:
+        with pytest.raises((SubmitError, ParameterError), match=None) as caught:
+            check_settings(RunSettings(**{**good, **change}))
+        assert message in str(caught.value)
+
+
+def test_schedule_create_request(template: Path, captured: dict) -> None:
+    code = cli.main(
+        [
+            "schedule",
+            "create",
+            *RUN,
+            "--template",
+            str(template),
+            *shlex.split(
+                "--param project=accuracy --cron '0 3 * * mon-fri' --time-zone Europe/Berlin "
+                "--max-concurrent-runs 2 --max-runs 10 --start-time 2026-12-01T00:00:00Z "
+                "--end-time 2027-06-01T00:00:00+00:00 --schedule-name weekly "
+                "--service-account runner@my-project.iam.gserviceaccount.com"
+            ),
+        ]
+    )
+    assert code == 0
+    request = captured["schedule"]
+    assert request["parent"] == "projects/my-project/locations/europe-west4"
+    schedule = request["schedule"]
+    assert schedule.display_name == "weekly"
+    assert schedule.cron == "TZ=Europe/Berlin 0 3 * * mon-fri"
+    assert schedule.max_concurrent_run_count == 2
+    assert schedule.max_run_count == 10
+    assert schedule.start_time.isoformat().startswith("2026-12-01T00:00:00")
+    assert schedule.end_time.isoformat().startswith("2027-06-01T00:00:00")
+    job = schedule.create_pipeline_job_request.pipeline_job
+    assert job.service_account == "runner@my-project.iam.gserviceaccount.com"
+    assert dict(job.runtime_config.parameter_values)["project"] == "accuracy"
+    assert "job" not in captured  # a schedule creates no run by itself
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone", "message"),
+    [
+        ("0 3 * *", None, "must have 5 fields"),
+        ("61 3 * * *", None, "minute field item '61' is out of range 0-59"),
+        ("0 25 * * *", None, "hour field item '25' is out of range 0-23"),
+        ("0 3 * * funday", None, "day of week field item 'funday' is not a number"),
+        ("*/0 * * * *", None, "invalid step"),
+        ("0 3 10-2 * *", None, "range that runs backwards"),
+        ("0 3 * * *", "Mars/Olympus", "time zone 'Mars/Olympus' is not an IANA name"),
+    ],
+)
+def test_bad_cron(cron: str, zone: str | None, message: str) -> None:
+    with pytest.raises(SubmitError) as caught:
+        validate_cron(cron, zone)
+    assert message in str(caught.value)
+
+
+def test_good_cron_forms() -> None:
+    assert validate_cron("*/15 0-6,22 1 jan-mar 0") == "*/15 0-6,22 1 jan-mar 0"
+    assert validate_cron("0 3 * * 1", "UTC") == "TZ=UTC 0 3 * * 1"
+
+
+def test_schedule_rejects_bad_times(
+    template: Path, captured: dict, capsys: pytest.CaptureFixture
+) -> None:
+    base = [
+        "schedule",
+        "create",
+        *RUN,
+        "--template",
+        str(template),
+        "--param",
+        "project=x",
+        "--cron",
+        "0 3 * * *",
+    ]
+    assert cli.main([*base, "--start-time", "tomorrow"]) == 2
+    assert "is not an ISO 8601 time" in capsys.readouterr().err
+    assert (
+        cli.main(
+            [*base, "--start-time", "2027-01-02T00:00:00Z", "--end-time", "2027-01-01T00:00:00Z"]
+        )
+        == 2
+    )
+    assert "is not after --start-time" in capsys.readouterr().err
+    assert cli.main([*base, "--max-concurrent-runs", "0"]) == 2
+    assert "--max-concurrent-runs must be at least 1" in capsys.readouterr().err
+    assert captured == {}
+
+
+def test_validate_parameters_accepts_ints_for_doubles() -> None:
+    declared = {"x": {"parameterType": "NUMBER_DOUBLE"}}
+    assert validate_parameters({"x": 1}, declared) == {"x": 1}

@@ -1,0 +1,1 @@
+"""Tests of ``components/runners``: container engines and process mode."""

@@ -1,0 +1,1 @@
+"""Tests of the model server, ``serving_image/server``."""

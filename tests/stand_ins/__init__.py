@@ -1,0 +1,1 @@
+"""Tests of ``components/stand_ins`` and the local stand-in components."""

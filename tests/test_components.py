@@ -1,0 +1,110 @@
+"""Every component module is thin: one KFP component, documented per input and output, whose
+literal defaults (KFP needs literals) are the library's constants."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Any
+
+import pytest
+
+from components import vertex
+from components.build_image import build_image
+from components.contract import CheckSettings
+from components.contract_check import contract_check
+from components.evaluation_gate import evaluation_gate
+from components.imaging import DEFAULT_IMAGE_NAME
+from components.local_batch_predict import local_batch_predict
+from components.local_model_deploy import local_model_deploy
+from components.local_model_upload import local_model_upload
+from components.stand_ins.batch_inputs import FORMATS
+from components.stand_ins.batch_runner import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from components.train import train
+from components.training import train_and_export
+from pipelines.parameters import DEFAULTS
+from tests.support import REPO_ROOT
+
+COMPONENTS = {
+    "train": train,
+    "build_image": build_image,
+    "contract_check": contract_check,
+    "evaluation_gate": evaluation_gate,
+    "local_model_upload": local_model_upload,
+    "local_model_deploy": local_model_deploy,
+    "local_batch_predict": local_batch_predict,
+}
+MAX_LINES = 250
+
+
+def defaults(component: Any) -> dict[str, Any]:
+    """The component's parameter defaults, as its function declares them."""
+    signature = inspect.signature(component.python_func)
+    return {
+        name: parameter.default
+        for name, parameter in signature.parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def test_the_component_modules_are_exactly_these() -> None:
+    found = {
+        path.stem
+        for path in (REPO_ROOT / "components").glob("*.py")
+        if "@dsl.component" in path.read_text(encoding="utf-8")
+    }
+    assert found == set(COMPONENTS)
+
+
+@pytest.mark.parametrize("name", sorted(COMPONENTS))
+def test_a_component_module_holds_one_documented_component_and_nothing_else(name: str) -> None:
+    path = REPO_ROOT / "components" / f"{name}.py"
+    source = path.read_text(encoding="utf-8")
+    assert len(source.splitlines()) <= MAX_LINES
+    tree = ast.parse(source)
+    definitions = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    ]
+    assert [node.name for node in definitions] == [name]
+    (function,) = definitions
+    assert [ast.unparse(d).split("(")[0] for d in function.decorator_list] == ["dsl.component"]
+    docstring = ast.get_docstring(function) or ""
+    component = COMPONENTS[name]
+    documented = [*component.component_spec.inputs, *(component.component_spec.outputs or {})]
+    # A single return value is KFP's "Output", described under "Returns:".
+    missing = [
+        item
+        for item in documented
+        if f"{item}:" not in docstring and not (item == "Output" and "Returns:" in docstring)
+    ]
+    assert not missing, f"{name}'s docstring does not describe {missing}"
+
+
+def test_literal_defaults_are_the_library_constants() -> None:
+    check = defaults(contract_check)
+    settings = CheckSettings()
+    assert check["port"] == vertex.DEFAULT_PORT
+    assert check["startup_deadline_s"] == settings.startup_deadline_s
+    assert check["grace_period_s"] == settings.grace_period_s == vertex.GRACE_PERIOD_S
+    assert check["large_model_bytes"] == vertex.LARGE_MODEL_BYTES
+    assert defaults(build_image)["image_name"] == DEFAULT_IMAGE_NAME
+    batch = defaults(local_batch_predict)
+    assert batch["batch_size"] == DEFAULT_BATCH_SIZE
+    assert batch["workers"] == DEFAULT_WORKERS
+    assert batch["instances_format"] == FORMATS[0]
+
+
+def test_train_defaults_are_the_pipeline_s_and_the_library_s() -> None:
+    declared = defaults(train)
+    library = {
+        name: parameter.default
+        for name, parameter in inspect.signature(train_and_export).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    for name, value in declared.items():
+        expected = DEFAULTS.get(name, library.get(name))
+        if name in ("feature_columns", "hyperparameters"):  # None in the function: empty
+            expected = DEFAULTS[name]
+        assert value == expected, f"train's {name} default {value!r} is not {expected!r}"

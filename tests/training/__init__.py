@@ -1,0 +1,1 @@
+"""Tests of ``components/training`` and the ``train`` component."""
