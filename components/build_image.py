@@ -33,8 +33,9 @@ def build_image(
     the model, either with the model baked in at ``/model`` (default: the image digest then
     pins code, library versions and model together, and the server needs no Cloud Storage
     access to start) or without it, to load it from ``AIP_STORAGE_URI`` (upload the Model
-    with ``artifactUri`` = the model's URI). The model's scikit-learn, numpy and pandas
-    versions must equal the image's pins; the build stops before it starts otherwise.
+    with ``artifactUri`` = the model's URI). The model's library versions (scikit-learn, numpy
+    and pandas; TensorFlow models: tensorflow, keras and numpy) must equal the image's pins;
+    the build stops before it starts otherwise.
 
     Locally (kfp.local, workstations, CI) the image is built with podman or docker, the
     engine's step lines streamed to the log. On Vertex AI Pipelines there is no Docker daemon:

@@ -34,7 +34,9 @@ def train(
     most-frequent impute + one-hot ignoring unknown categories; then the named estimator);
     ``"tensorflow"`` fits a Keras model whose layers do the preprocessing (numeric: NaN ->
     training mean, then ``Normalization``; categorical: ``StringLookup`` one-hot, null -> all
-    zeros, unknown -> an out-of-vocabulary slot), exported as a SavedModel. It writes:
+    zeros, unknown -> an out-of-vocabulary slot), exported as a SavedModel. It writes the
+    model directory that ``build_image`` and ``contract_check`` take, and the metrics that
+    ``evaluation_gate`` judges (see Returns).
 
     Args:
         data: CSV/Parquet path or URI, or ``"penguins"``.
