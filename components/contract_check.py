@@ -25,20 +25,24 @@ def contract_check(
     startup_deadline_s: float = 120.0,
     grace_period_s: float = 30.0,
     large_model_bytes: int = 268435456,
+    strict: bool = False,
 ):
     """Check a serving image against Vertex AI's container contract; emit it for upload.
 
     Runs ``image_uri`` the way Vertex would (own entrypoint, ``AIP_*`` variables, the model
     mounted and named by ``AIP_STORAGE_URI``, ``port`` published) and checks liveness, health,
-    predictions against the model's ``expected_predictions.jsonl``, malformed requests, a
-    concurrent burst and SIGTERM, with Vertex's numbers (see ``components/contract/``).
+    predictions against the model's ``expected_predictions.jsonl`` (its sample sent in
+    batches, each instance alone and in another order), malformed requests, a concurrent burst
+    and SIGTERM, with Vertex's numbers (see ``components/contract/``).
 
-    Only when every rule passes does it write ``unmanaged_container_model`` (uri: the model
-    directory; metadata.containerSpec: imageUri, ports, routes, env, and a startupProbe for a
-    large or slow model) for GCPC's ``ModelUploadOp``: no container spec reaches upload
-    without passing this check. On a violation the report and metrics are still written, and
-    the task fails with a message naming the rule, the request, the answer and what Vertex
-    would have done.
+    Contract rules are what Vertex does not survive; hygiene rules (a 5xx on bad input, an
+    oversize body mishandled, a slow SIGTERM) are what it tolerates, reported as warnings
+    unless ``strict``. Only when the check passes does it write ``unmanaged_container_model``
+    (uri: the model directory; metadata.containerSpec: imageUri, ports, routes, env, and a
+    startupProbe for a large or slow model) for GCPC's ``ModelUploadOp``: no container spec
+    reaches upload without passing this check. On a violation the report and metrics are
+    still written, and the task fails with a message naming the rule, the request, the answer
+    and what Vertex would have done.
 
     Where it runs: under ``kfp.local`` (``SubprocessRunner(use_venv=False)``) it runs the
     image with the local podman or docker. Where neither works (a Vertex AI Pipelines task
@@ -61,6 +65,8 @@ def contract_check(
         startup_deadline_s: how long health may take to answer 200.
         grace_period_s: how long the container may take to exit after SIGTERM.
         large_model_bytes: model size from which the spec gets a ``startupProbe``.
+        strict: fail on hygiene rules too, not only on contract rules (the train-to-serve
+            pipeline checks its own serving image strictly).
 
     Returns:
         report: the human-readable report (Markdown).
@@ -87,7 +93,7 @@ def contract_check(
         predict_route=predict_route,
         env=dict(env),
         settings=CheckSettings(
-            startup_deadline_s=startup_deadline_s, grace_period_s=grace_period_s
+            startup_deadline_s=startup_deadline_s, grace_period_s=grace_period_s, strict=strict
         ),
         large_model_bytes=large_model_bytes,
         engine=engine,

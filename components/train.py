@@ -23,7 +23,7 @@ def train(
     hyperparameters: dict = {},  # noqa: B006
     eval_fraction: float = 0.2,
     seed: int = 42,
-    sample_size: int = 10,
+    sample_size: int = 200,
     framework: str = "scikit-learn",
 ):
     """Train a tabular model and export it with its fitted preprocessing.
@@ -51,7 +51,9 @@ def train(
             ``epochs``, ``batch_size``, ``learning_rate``, ``hidden_units``.
         eval_fraction: hold-out share for evaluation.
         seed: seed for the split and the estimator.
-        sample_size: number of evaluation rows exported as sample instances.
+        sample_size: how many evaluation rows are exported as sample instances; edge
+            instances built from the schema (each feature missing, unseen categories,
+            numbers at the training range's ends, the same as lists) come on top.
         framework: ``"scikit-learn"`` (default) or ``"tensorflow"``.
 
     Returns:

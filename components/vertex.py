@@ -18,8 +18,12 @@ from serving_image.server import config as server_config
 
 DEFAULT_PORT = server_config.DEFAULT_PORT
 """``containerSpec.ports`` default (8080); exposed to the container as ``AIP_HTTP_PORT``."""
-MAX_REQUEST_BYTES = server_config.DEFAULT_MAX_BODY_BYTES
-"""Request (and response) size limit of shared public endpoints: 1.5 MB."""
+MAX_FORWARDED_BODY_BYTES = server_config.DEFAULT_MAX_BODY_BYTES
+"""The largest request body Vertex forwards to a container online: 10 MB on dedicated public,
+dedicated private (PSC) and private (PSA) endpoints (here 10 MiB, to take either reading)."""
+SHARED_ENDPOINT_MAX_BODY_BYTES = 1_500_000
+"""Shared public endpoints refuse request (and response) bodies over 1.5 MB themselves; a
+request within this fits every endpoint type."""
 LIVENESS_ATTEMPTS = 4
 """TCP liveness probe attempts before Kubernetes restarts the container."""
 LIVENESS_INTERVAL_S = 10.0
@@ -27,7 +31,8 @@ LIVENESS_INTERVAL_S = 10.0
 HEALTH_TIMEOUT_S = 10.0
 """A health probe must answer 200 within this many seconds."""
 PREDICT_TIMEOUT_S = 60.0
-"""Server-side inference timeout of shared public endpoints."""
+"""Server-side inference timeout of shared public and private (PSA) endpoints; dedicated
+endpoints allow up to 1 h (10 min by default)."""
 GRACE_PERIOD_S = 30.0
 """Kubernetes' default termination grace period (Vertex does not document its own)."""
 MACHINE_TYPE = "n1-standard-2"

@@ -116,6 +116,7 @@ def with_shared_parameters(pipeline: Callable[..., None]) -> Callable[..., None]
     call.__signature__ = declared  # type: ignore[attr-defined]
     return call
 
+
 # Compiled KFP parameter types and the Python types that satisfy them.
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "STRING": (str,),

@@ -111,8 +111,9 @@ def _train_build_check_gate(
     """
     trained = ours["train"](**{name: shared[name] for name in TRAINING_PARAMETERS})
     built = ours["build_image"](model=trained.outputs["model"], **build)
+    # Our own serving image is checked strictly: a hygiene finding on it is our bug.
     checked = ours["contract_check"](
-        image_uri=built.outputs["image_uri"], model=trained.outputs["model"]
+        image_uri=built.outputs["image_uri"], model=trained.outputs["model"], strict=True
     )
     gate = ours["evaluation_gate"](
         metrics=trained.outputs["metrics"],
@@ -265,7 +266,9 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             with dsl.If(shared["framework"] == "tensorflow", name="gpu-image-for-batch"):
                 gpu_built = ours["build_image"](model=trained.outputs["model"], gpu=True, **build)
                 gpu_checked = ours["contract_check"](
-                    image_uri=gpu_built.outputs["image_uri"], model=trained.outputs["model"]
+                    image_uri=gpu_built.outputs["image_uri"],
+                    model=trained.outputs["model"],
+                    strict=True,
                 )
                 ModelBatchPredictOp(
                     unmanaged_container_model=gpu_checked.outputs["unmanaged_container_model"],

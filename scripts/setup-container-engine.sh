@@ -5,6 +5,7 @@
 #
 # Idempotent; for a Debian/Ubuntu workstation and for CI (root there). Steps, each timed:
 #
+#   tools   curl, with which the tests call a running image as users do.
 #   engine  If docker or podman already works (`info` + a tiny `run`), use it and change nothing.
 #           Otherwise apt-install podman (+ runc, conmon, netavark, aardvark-dns, iptables,
 #           catatonit, fuse-overlayfs, ...; --no-install-recommends), write a containers.conf
@@ -560,6 +561,8 @@ check_base() {
 main() {
   take_lock
   log "start (uid $(id -u), $(sed -n 's/^PRETTY_NAME=//p' /etc/os-release 2>/dev/null | tr -d '"'))"
+  # The container tests also talk to images as curl does (tests/reliability/test_image.py).
+  step "tools: apt packages" apt_install curl
   step engine step_engine
   step "base (total)" step_base
   step "base: check" check_base

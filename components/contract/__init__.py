@@ -1,8 +1,10 @@
 """The contract check: does a serving image honour Vertex AI's custom-container contract?
 
-``rules`` holds the rules, what Vertex does when one is broken, and the report; ``checker``
-applies them to any running server over HTTP; ``image`` runs an image (or, in process mode,
-the server code) the way Vertex runs it and checks it.
+``rules`` holds the rules, their levels (contract, hygiene), what Vertex does when one is
+broken, and the report; ``sample`` the instances a check sends and how (one batch, each
+alone, another order); ``checker`` applies the rules to any running server over HTTP;
+``image`` runs an image (or, in process mode, the server code) the way Vertex runs it and
+checks it.
 """
 
 from components.contract.checker import CheckSettings, ServerObserver, check_server
@@ -16,6 +18,9 @@ from components.contract.image import (
     listening_sockets,
 )
 from components.contract.rules import (
+    CONTRACT,
+    HYGIENE,
+    LEVELS,
     RULES,
     VERTEX_WOULD,
     ContractReport,
@@ -25,6 +30,9 @@ from components.contract.rules import (
 )
 
 __all__ = [
+    "CONTRACT",
+    "HYGIENE",
+    "LEVELS",
     "NO_ENGINE_HINT",
     "RULES",
     "VERTEX_WOULD",

@@ -3,11 +3,20 @@
 ``check_server(base_url, ...)`` needs no kfp and no container engine; it returns a
 ``ContractReport``. What runs the server (a container, a local process, or nothing we know
 of: a plain URL) may tell the checker about it through a ``ServerObserver``.
+
+The numbers are Vertex's and each assumes an endpoint type, which the report states: the
+health and liveness probes are the same everywhere; the predict timeout (60 s) is that of
+shared public and private (PSA) endpoints, the strictest; requests are split to stay within
+1.5 MB, which every endpoint type takes; the oversize body is over 10 MB, the most Vertex
+forwards to a container (dedicated and private endpoints).
+
+The sample is sent as ``sample`` says (in batches, each instance alone, in another order) and
+every answer compared; a malformed request may get a 4xx (a 5xx or a reset is a hygiene
+finding, ``rules.LEVELS``), after which health must still answer 200 (``stays-up``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +32,16 @@ from components.contract.rules import (
     fail_result,
     pass_result,
     skip_result,
+)
+from components.contract.sample import (
+    BATCH,
+    SHAPE_NAMES,
+    SHAPES,
+    Comparison,
+    Sample,
+    describe,
+    json_body,
+    table,
 )
 from components.runners.http import Exchange, send, split_url, tcp_accepts
 from serving_image.server.predictions import json_difference
@@ -41,7 +60,14 @@ class CheckSettings:
     """After a failed first predict, how long to keep retrying to tell a server that said
     healthy too early from one whose predict route is broken."""
     predict_timeout_s: float = vertex.PREDICT_TIMEOUT_S
-    max_request_bytes: int = vertex.MAX_REQUEST_BYTES
+    max_request_bytes: int = vertex.MAX_FORWARDED_BODY_BYTES
+    """The oversize rule sends a body over this."""
+    max_batch_bytes: int = vertex.SHARED_ENDPOINT_MAX_BODY_BYTES
+    """Predict requests are split to stay within this."""
+    request_shapes: tuple[str, ...] = SHAPES
+    """How the sample is sent for ``predict-values``: ``batch``, ``single``, ``reversed``."""
+    strict: bool = False
+    """Hygiene rules fail the check too."""
     burst_size: int = 8
     rel_tol: float = 1e-6
     abs_tol: float = 1e-9
@@ -56,10 +82,6 @@ class CheckSettings:
         verdict as Vertex's schedule, sooner.
         """
         return (self.liveness_attempts - 1) * self.liveness_interval_s
-
-
-def _json_body(value: Any) -> bytes:
-    return json.dumps(value, allow_nan=False).encode()
 
 
 class ServerObserver(Protocol):
@@ -94,28 +116,39 @@ class _Checker:
     base_url: str
     health_route: str
     predict_route: str
-    instances: list[Any]
-    expected: list[Any] | None
+    sample: Sample
     settings: CheckSettings
     observer: ServerObserver | None
     started: float
-    down: bool = False
-    """Set once health failed after a malformed request."""
+    down_after: str = ""
+    """The request after which health failed, once it did."""
     report: ContractReport = field(init=False)
 
     def __post_init__(self) -> None:
-        expected = len(self.expected) if self.expected is not None else "not given"
+        settings = self.settings
+        expected = len(self.sample.expected) if self.sample.expected is not None else "not given"
         self.report = ContractReport(
             target=self.base_url,
             settings={
                 "health route": self.health_route,
                 "predict route": self.predict_route,
-                "instances": len(self.instances),
+                "instances": len(self.sample.instances),
                 "expected predictions": expected,
-                "startup deadline (s)": self.settings.startup_deadline_s,
-                "liveness window (s)": self.settings.liveness_window_s,
+                "request shapes": ", ".join(SHAPE_NAMES[s] for s in settings.request_shapes),
+                "startup deadline (s)": settings.startup_deadline_s,
+                "liveness window (s), every endpoint type": settings.liveness_window_s,
+                "health timeout (s), every endpoint type": settings.health_timeout_s,
+                "predict timeout (s), shared public and private (PSA) endpoints": (
+                    settings.predict_timeout_s
+                ),
+                "request bodies within (bytes), every endpoint type": settings.max_batch_bytes,
+                "oversize body over (bytes), the most dedicated and private endpoints forward": (
+                    settings.max_request_bytes
+                ),
+                "strict (hygiene rules fail the check)": settings.strict,
             },
             latencies_s={"health": [], "predict": [], "burst": []},
+            strict=settings.strict,
         )
 
     # helpers ---------------------------------------------------------------------------------
@@ -138,8 +171,10 @@ class _Checker:
             self.report.latencies_s[record].append(exchange.elapsed_s)
         return exchange
 
-    def _sample_body(self) -> bytes:
-        return _json_body({"instances": self.instances})
+    @property
+    def first_request(self) -> list[int]:
+        """The instances of the first predict request: the start of the batch."""
+        return self.sample.requests(BATCH, self.settings.max_batch_bytes)[0]
 
     def _server_note(self) -> str:
         """What the observer knows about the server's state, as extra sentences."""
@@ -215,7 +250,8 @@ class _Checker:
 
     def predict(self) -> tuple[RuleResult, Exchange]:
         """The first predict, right after the first health 200 (Vertex's first real request)."""
-        first = self._predict(self._sample_body())
+        body = self.sample.body(self.first_request)
+        first = self._predict(body)
         if first.ok:
             return pass_result("predict-request", "answered 200", first), first
         if first.status is None:
@@ -225,13 +261,14 @@ class _Checker:
             f"predict route {self.predict_route} answered {first.status} to Vertex's request "
             'body {"instances": [...]}'
         )
-        if self._predict(_json_body(self.instances), record="").ok:
+        bare = [self.sample.instances[index] for index in self.first_request]
+        if self._predict(json_body(bare), record="").ok:
             detail += (
                 "; it answered 200 to a bare JSON list of the instances instead: the server "
                 'wants a bare list, but Vertex always sends {"instances": [...]}'
             )
         elif first.status >= 500 and not self._exited():
-            later = self._retry_until_ok()
+            later = self._retry_until_ok(body)
             if later is not None:
                 waited, exchange = later
                 detail = (
@@ -245,111 +282,163 @@ class _Checker:
                 ), exchange
         return fail_result("predict-request", self._with_note(detail), first), first
 
-    def _retry_until_ok(self) -> tuple[float, Exchange] | None:
+    def _retry_until_ok(self, body: bytes) -> tuple[float, Exchange] | None:
         started = time.monotonic()
         while time.monotonic() - started < self.settings.ready_grace_s and not self._exited():
             time.sleep(self.settings.poll_interval_s)
-            exchange = self._predict(self._sample_body())
+            exchange = self._predict(body)
             if exchange.ok:
                 return time.monotonic() - started, exchange
         return None
 
-    def predictions_of(self, exchange: Exchange) -> tuple[RuleResult, list[Any] | None]:
-        """Check the shape of a 200 predict answer; return the predictions when it is right."""
+    def predictions_of(self, exchange: Exchange, count: int) -> tuple[str, list[Any] | None]:
+        """What is wrong with the shape of a 200 predict answer for ``count`` instances
+        (``""``: nothing), and its predictions when it is right."""
         try:
             payload = exchange.json()
         except ValueError:
-            return fail_result("predict-response", "the answer is not JSON", exchange), None
-        count = len(self.instances)
+            return "the answer is not JSON", None
         if isinstance(payload, list):
-            detail = (
+            return (
                 f"the answer is a bare JSON list ({len(payload)} elements) instead of an "
                 'object {"predictions": [...]}'
-            )
-            return fail_result("predict-response", detail, exchange), None
+            ), None
         if not isinstance(payload, dict) or "predictions" not in payload:
             keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-            detail = f'the answer has no "predictions" (got {keys})'
-            return fail_result("predict-response", detail, exchange), None
+            return f'the answer has no "predictions" (got {keys})', None
         predictions = payload["predictions"]
         if not isinstance(predictions, list):
-            detail = f'"predictions" is a {type(predictions).__name__}, not a list'
-            return fail_result("predict-response", detail, exchange), None
+            return f'"predictions" is a {type(predictions).__name__}, not a list', None
         if len(predictions) != count:
-            detail = f"{len(predictions)} predictions came back for {count} instances"
-            return fail_result("predict-response", detail, exchange), None
+            return f"{len(predictions)} predictions came back for {count} instances", None
+        return "", predictions
+
+    def response_shape(self, exchange: Exchange) -> tuple[RuleResult, list[Any] | None]:
+        """The predict-response rule on the first answer."""
+        count = len(self.first_request)
+        fault, predictions = self.predictions_of(exchange, count)
+        if fault:
+            return fail_result("predict-response", fault, exchange), None
         return pass_result("predict-response", f"{count} predictions for {count} instances"), (
             predictions
         )
 
+    def compare(self, shape: str, first: tuple[list[Any], Exchange]) -> Comparison:
+        """Send the sample as ``shape`` asks and compare every answer with its expectation
+        (the first request of a batch is the one already answered)."""
+        comparison = Comparison(shape)
+        expected = self.sample.expected or []
+        for number, positions in enumerate(
+            self.sample.requests(shape, self.settings.max_batch_bytes)
+        ):
+            if shape == BATCH and number == 0:
+                predictions, exchange = first
+            else:
+                exchange = self._predict(self.sample.body(positions))
+                if not exchange.ok and self.sample.optional(positions):
+                    refusal = f"{exchange.status or exchange.error}"
+                    comparison.refused.update(dict.fromkeys(positions, refusal))
+                    continue
+                fault, predictions = (
+                    self.predictions_of(exchange, len(positions))
+                    if exchange.ok
+                    else (f"answered {exchange.response_text()}", None)
+                )
+            comparison.compared += len(positions)
+            for offset, index in enumerate(positions):
+                difference = (
+                    json_difference(
+                        expected[index],
+                        predictions[offset],
+                        rel_tol=self.settings.rel_tol,
+                        abs_tol=self.settings.abs_tol,
+                        path=f"predictions[{index}]",
+                    )
+                    if predictions is not None
+                    else fault
+                )
+                if difference is not None:
+                    comparison.differences[index] = difference
+                    comparison.first_exchange = comparison.first_exchange or exchange
+        return comparison
+
     def values(self, predictions: list[Any], exchange: Exchange) -> RuleResult:
-        if self.expected is None:
+        if self.sample.expected is None:
             return skip_result("predict-values", "no expected predictions given: shape only")
-        difference = json_difference(
-            self.expected,
-            predictions,
-            rel_tol=self.settings.rel_tol,
-            abs_tol=self.settings.abs_tol,
-            path="predictions",
-        )
-        if difference is None:
-            return pass_result(
-                "predict-values",
-                f"all {len(predictions)} predictions equal the expected ones "
-                f"(rel_tol {self.settings.rel_tol:g})",
+        comparisons = [
+            self.compare(shape, (predictions, exchange)) for shape in self.settings.request_shapes
+        ]
+        self.report.predictions = table(self.sample, comparisons)
+        differed = [c for c in comparisons if c.differences]
+        if not differed:
+            shapes = ", ".join(SHAPE_NAMES[c.shape] for c in comparisons)
+            compared = max(c.compared for c in comparisons)
+            detail = (
+                f"all {compared} predictions equal the expected ones, sent {shapes} "
+                f"(rel_tol {self.settings.rel_tol:g})"
             )
+            refused = {answer for c in comparisons for answer in c.refused.values()}
+            if refused:
+                count = max(len(c.refused) for c in comparisons)
+                detail += (
+                    f"; the {count} instances given as lists of values were refused "
+                    f"(answered {', '.join(sorted(refused))}): the server takes objects only, "
+                    "so callers must send objects"
+                )
+            return pass_result("predict-values", detail)
         detail = (
-            f"the served predictions differ from the exported expectations: {difference} "
-            "(serving does not reproduce training: re-fitted or re-implemented preprocessing, "
-            "another model file, or other library versions)"
+            f"the served predictions differ from the exported expectations: "
+            f"{describe(self.sample, comparisons)}. Serving does not reproduce training: "
+            "re-fitted or re-implemented preprocessing, preprocessing that depends on the "
+            "request's other instances, another model file, or other library versions"
         )
-        return fail_result("predict-values", detail, exchange)
+        return fail_result("predict-values", detail, differed[0].first_exchange)
 
     def bad_input(self, rule: str, body: bytes, body_note: str = "") -> RuleResult:
-        """Send one malformed request: it must get a 4xx and leave the server healthy."""
+        """Send one request the server should refuse: a 4xx passes (for an oversize body a
+        200 too: the server may take what Vertex never sends); then check it stays healthy."""
         exchange = self._predict(body, body_note, record="")
-        rejected = exchange.status is not None and 400 <= exchange.status < 500
-        accepted = exchange.status is not None and exchange.status < 400
+        status = exchange.status
+        rejected = status is not None and 400 <= status < 500
+        taken = rule == "oversize" and status == 200
+        accepted = status is not None and status < 400
         consequence = VERTEX_WOULD["accepted" if accepted else "bad-input"]
         if rule == "oversize":
             consequence = f"{VERTEX_WOULD['oversize']}, and {consequence}"
-        if exchange.status is None:
-            detail = f"the server crashed on bad input: {exchange.error}"
-        elif exchange.status >= 500:
-            detail = f"the server crashed on bad input: it answered {exchange.status}, not a 4xx"
+        if status is None:
+            detail = f"no answer to a malformed request: {exchange.error}"
+        elif status >= 500:
+            detail = f"answered {status} to a malformed request, not a 4xx"
         else:
-            detail = f"answered {exchange.status}"
-            if not rejected:
-                what = "a body over the size limit" if rule == "oversize" else "a malformed request"
-                detail += f" to {what} instead of a 4xx"
-        after = self._health()
-        self.down = not after.ok
-        if self.down:
-            detail += (
-                f", and health then returned {after.status or after.error}: the server is no "
-                "longer healthy"
-            )
-        elif rejected:
-            return pass_result(rule, f"{detail}, still healthy", exchange)
+            detail = f"answered {status}"
+            if taken:
+                detail += " (it takes bodies over the most Vertex forwards)"
+            elif not rejected:
+                detail += " to a malformed request instead of a 4xx"
+        self._health_after(exchange.request_text())
+        if rejected or taken:
+            return pass_result(rule, detail, exchange)
         return fail_result(rule, self._with_note(detail), exchange, consequence)
+
+    def _health_after(self, request: str) -> None:
+        """Probe health; remember the request after which it failed first."""
+        after = self._health()
+        if not self.down_after and (not after.ok or self._exited()):
+            answer = after.status or after.error
+            self.down_after = f"after {request}, health returned {answer}"
 
     def burst(self) -> RuleResult:
         size = self.settings.burst_size
-        body = self._sample_body()
+        positions = self.first_request
+        body = self.sample.body(positions)
         with ThreadPoolExecutor(max_workers=size) as pool:
             exchanges = list(pool.map(lambda _: self._predict(body, record="burst"), range(size)))
-        count = len(self.instances)
-        failures = []
-        for exchange in exchanges:
-            if not exchange.ok:
-                failures.append(exchange)
-                continue
-            try:
-                predictions = exchange.json().get("predictions")
-            except (ValueError, AttributeError):
-                predictions = None
-            if not isinstance(predictions, list) or len(predictions) != count:
-                failures.append(exchange)
+        failures = [
+            exchange
+            for exchange in exchanges
+            if not exchange.ok or self.predictions_of(exchange, len(positions))[1] is None
+        ]
+        self._health_after(f"a burst of {size} concurrent predict requests")
         if not failures:
             slowest = max(exchange.elapsed_s for exchange in exchanges)
             detail = f"{size} concurrent requests all answered 200 (slowest {slowest:.3f} s)"
@@ -357,21 +446,27 @@ class _Checker:
         detail = f"{len(failures)} of {size} concurrent predict requests failed"
         return fail_result("concurrency", self._with_note(detail), failures[0])
 
+    def stays_up(self) -> RuleResult:
+        if not self.down_after and not self._exited():
+            return pass_result("stays-up", "health answered 200 after every request")
+        where = self.down_after or "the server process ended"
+        return fail_result("stays-up", self._with_note(f"{where}: the server is no longer up"))
+
     def malformed_cases(self) -> list[tuple[str, bytes, str]]:
-        """(rule, body, note) for each malformed request; the oversize body is valid JSON."""
-        first = self.instances[0]
+        """(rule, body, note) for each request to refuse; the oversize body is valid JSON."""
+        first = self.sample.instances[0]
         target = self.settings.max_request_bytes + 64 * 1024
-        one = len(_json_body(first)) + 1
-        oversize = _json_body({"instances": [first] * (target // one + 1)})
+        one = len(json_body(first)) + 1
+        oversize = json_body({"instances": [first] * (target // one + 1)})
         return [
             ("bad-json", b'{"instances": [', ""),
-            ("no-instances", _json_body({"inputs": self.instances}), ""),
-            ("wrong-feature", _json_body({"instances": [wrong_feature(first)]}), ""),
+            ("no-instances", json_body({"inputs": [first]}), ""),
+            ("wrong-feature", json_body({"instances": [wrong_feature(first)]}), ""),
             (
                 "oversize",
                 oversize,
                 f'{{"instances": [...]}} of {len(oversize):,} bytes '
-                f"(limit {self.settings.max_request_bytes:,})",
+                f"(over {self.settings.max_request_bytes:,})",
             ),
         ]
 
@@ -397,7 +492,7 @@ class _Checker:
         if not predict_works:
             skip(["predict-response", "predict-values"], "predict-request failed")
         else:
-            shape, predictions = self.predictions_of(exchange)
+            shape, predictions = self.response_shape(exchange)
             predict_works = self.add(shape).passed
             if predictions is None:
                 skip(["predict-values"], "predict-response failed")
@@ -405,13 +500,16 @@ class _Checker:
                 self.add(self.values(predictions, exchange))
         cases = self.malformed_cases()
         for index, (rule, body, note) in enumerate(cases):
-            if self._exited() or self.down:
+            if self.down_after:
                 stopped = [case[0] for case in cases[index:]] + ["concurrency"]
-                return skip(stopped, "the server is no longer healthy")
+                skip(stopped, "the server is no longer healthy")
+                return self.add(self.stays_up()) and None
             self.add(self.bad_input(rule, body, note))
-        if not predict_works:
-            return skip(["concurrency"], "a single predict request already fails")
-        self.add(self.burst())
+        if predict_works and not self.down_after:
+            self.add(self.burst())
+        else:
+            skip(["concurrency"], "a single predict request already fails")
+        self.add(self.stays_up())
         return None
 
 
@@ -420,6 +518,7 @@ def check_server(
     *,
     instances: Sequence[Any],
     expected: Sequence[Any] | None = None,
+    kinds: Sequence[str] | None = None,
     health_route: str = vertex.DEFAULT_HEALTH_ROUTE,
     predict_route: str = vertex.DEFAULT_PREDICT_ROUTE,
     settings: CheckSettings | None = None,
@@ -432,6 +531,8 @@ def check_server(
         base_url: where the server's declared port is reachable.
         instances: the sample instances (objects or lists, whatever the server takes).
         expected: one expected prediction per instance; ``None`` checks the shape only.
+        kinds: what each instance is (``evaluation``, ``missing:<feature>``, ...), for the
+            report; default: all ``evaluation``.
         health_route: the route Vertex would probe (``containerSpec.healthRoute``).
         predict_route: the route Vertex would post to (``containerSpec.predictRoute``).
         settings: the numbers to use; Vertex's by default.
@@ -443,20 +544,11 @@ def check_server(
     Returns:
         The report; it never raises for a violation (``ContractViolation`` does, from it).
     """
-    instances = list(instances)
-    if not instances:
-        raise ValueError("at least one sample instance is needed")
-    if expected is not None and len(expected) != len(instances):
-        raise ValueError(
-            f"{len(expected)} expected predictions for {len(instances)} instances: they must "
-            "come in pairs, one per line"
-        )
     checker = _Checker(
         base_url,
         health_route,
         predict_route,
-        instances,
-        list(expected) if expected is not None else None,
+        Sample.of(instances, expected, kinds),
         settings or CheckSettings(),
         observer,
         time.monotonic() if started is None else started,

@@ -134,6 +134,7 @@ def check_image(
     model_dir: str | Path | None = None,
     instances: Sequence[Any],
     expected: Sequence[Any] | None = None,
+    kinds: Sequence[str] | None = None,
     port: int = vertex.DEFAULT_PORT,
     health_route: str = vertex.DEFAULT_HEALTH_ROUTE,
     predict_route: str = vertex.DEFAULT_PREDICT_ROUTE,
@@ -185,6 +186,7 @@ def check_image(
             server.url,
             instances=instances,
             expected=expected,
+            kinds=kinds,
             health_route=health_route,
             predict_route=predict_route,
             settings=settings,
@@ -247,7 +249,8 @@ def check_model_image(
     engine: ServerRunner | None = None,
 ) -> tuple[ContractReport, dict[str, Any] | None]:
     """Check ``image_uri`` serving the model in ``model_dir`` (a train component output) with
-    its own sample instances and expected predictions.
+    its own sample (``artifact.read_sample``: the instances, the edge ones also as lists,
+    their kinds and expected predictions).
 
     Returns the report and, only when every rule passed, the ``UnmanagedContainerModel``
     metadata for upload (``None`` otherwise); with a ``startupProbe`` when the model directory
@@ -261,10 +264,12 @@ def check_model_image(
         )
     settings = settings or CheckSettings()
     model = Path(model_dir)
+    instances, expected, kinds = artifact.read_sample(model)
     report = check_image(
         image_uri,
-        instances=artifact.read_jsonl(model / artifact.INSTANCES_FILE),
-        expected=artifact.read_jsonl(model / artifact.EXPECTED_FILE),
+        instances=instances,
+        expected=expected,
+        kinds=kinds,
         port=port,
         health_route=health_route,
         predict_route=predict_route,

@@ -2,6 +2,12 @@
 
 Every verdict names the rule, the request sent, what came back and what Vertex would do
 (``VERTEX_WOULD``): a person reading one failure knows what to fix without running anything.
+
+Two levels (``LEVELS``): a **contract** rule is one whose breach Vertex does not survive (the
+deploy fails, the replica is taken out of service, or callers get wrong answers); a
+**hygiene** rule is a weakness Vertex tolerates (a 5xx on a client's mistake, a body over the
+limit taken or mishandled, a slow stop). A check fails on contract rules; hygiene findings
+are warnings, unless the check is strict.
 """
 
 from __future__ import annotations
@@ -18,21 +24,34 @@ from components.runners import PROCESS_MODE_NOTE, Exchange, tail_lines
 LOG_TAIL_LINES = 40
 """Log lines of the server a report quotes."""
 
+CONTRACT = "contract"
+HYGIENE = "hygiene"
 RULES: dict[str, str] = {
     "liveness": "the declared port accepts TCP connections within Vertex's liveness window",
     "health": "GET on the health route answers 200 within 10 s, before the startup deadline",
     "health-means-ready": "once health answers 200, predict works",
     "predict-request": 'POST {"instances": [...]} on the predict route answers 200',
     "predict-response": 'the answer is a JSON object {"predictions": [...]}, one per instance',
-    "predict-values": "the predictions equal expected_predictions.jsonl (float tolerance)",
-    "bad-json": "a body that is not JSON gets a 4xx and the server stays healthy",
-    "no-instances": 'a JSON object without "instances" gets a 4xx and the server stays healthy',
-    "wrong-feature": "an instance with a wrong feature gets a 4xx and the server stays healthy",
-    "oversize": "a body over the 1.5 MB limit gets a 4xx and the server stays healthy",
+    "predict-values": (
+        "the predictions equal expected_predictions.jsonl (float tolerance), whatever the "
+        "request: one batch, each instance alone, another order"
+    ),
+    "bad-json": "a body that is not JSON gets a 4xx",
+    "no-instances": 'a JSON object without "instances" gets a 4xx',
+    "wrong-feature": "an instance with a wrong feature gets a 4xx",
+    "oversize": "a body over the largest Vertex forwards (10 MB) gets a 4xx, or is taken",
     "concurrency": "a burst of concurrent predict requests all succeed",
+    "stays-up": "the server keeps running and healthy through every request",
     "sigterm": "SIGTERM stops the container within the grace period",
 }
 """Every rule the check applies, by name, in the order it applies them."""
+LEVELS: dict[str, str] = {
+    rule: HYGIENE
+    if rule in ("bad-json", "no-instances", "wrong-feature", "oversize", "sigterm")
+    else CONTRACT
+    for rule in RULES
+}
+"""Each rule's level: ``contract`` (Vertex fails with it) or ``hygiene`` (Vertex tolerates it)."""
 
 VERTEX_WOULD: dict[str, str] = {
     "liveness": (
@@ -64,13 +83,12 @@ VERTEX_WOULD: dict[str, str] = {
     ),
     "bad-input": (
         "pass a 5xx on as a server error, which clients and batch prediction retry as if the "
-        "server were broken, and the caller never learns that the request was wrong; if health "
-        "fails 4 times in a row Vertex stops routing traffic to the replica, so one bad "
-        "request would take it out of service"
+        "server were broken, and the caller never learns that the request was wrong"
     ),
     "oversize": (
         "forward bodies up to 10 MB to the container on dedicated and private endpoints (only "
-        "shared public endpoints stop bodies over 1.5 MB themselves)"
+        "shared public endpoints stop bodies over 1.5 MB themselves), so a body at the limit "
+        "must be answered, not reset"
     ),
     "accepted": (
         "hand the caller whatever the server made of a malformed request, with no error to "
@@ -79,6 +97,11 @@ VERTEX_WOULD: dict[str, str] = {
     "concurrency": (
         "send concurrent requests to each replica (and batch prediction sends requests in "
         "parallel); failures under a burst reach callers as errors"
+    ),
+    "stays-up": (
+        "stop routing traffic to the replica once health fails 4 times in a row, and restart "
+        "a container that exited (liveness); one such request takes the replica out of service "
+        "each time it is sent"
     ),
     "sigterm": (
         "send SIGTERM on undeploy, update and scale-down and SIGKILL once the grace period "
@@ -90,15 +113,18 @@ rules use ``bad-input`` (a 5xx or reset) or ``accepted`` (a 2xx), oversize prefi
 
 
 class ContractViolation(Exception):
-    """The server or image broke the contract; ``report`` has every rule's result."""
+    """The server or image broke the contract (or, checked strictly, a hygiene rule);
+    ``report`` has every rule's result."""
 
     def __init__(self, report: ContractReport) -> None:
         self.report = report
         failed = report.violations
-        lines = [
-            f"{report.target} breaks the Vertex AI container contract "
-            f"({len(failed)} of {len(report.rules)} rules failed):"
-        ]
+        what = (
+            "breaks the Vertex AI container contract"
+            if report.contract_violations
+            else "fails hygiene rules that Vertex tolerates (checked strictly)"
+        )
+        lines = [f"{report.target} {what} ({len(failed)} of {len(report.rules)} rules failed):"]
         lines += [result.message() for result in failed]
         if report.process_mode:
             lines.append(f"({PROCESS_MODE_NOTE}.)")
@@ -118,9 +144,18 @@ class RuleResult:
     skipped: bool = False
 
     @property
-    def verdict(self) -> str:
-        """``PASS``, ``FAIL`` or ``SKIP``."""
-        return "SKIP" if self.skipped else ("PASS" if self.passed else "FAIL")
+    def level(self) -> str:
+        """``contract`` or ``hygiene`` (``LEVELS``)."""
+        return LEVELS[self.rule]
+
+    def verdict(self, strict: bool = False) -> str:
+        """``PASS``, ``FAIL``, ``WARN`` (a hygiene rule failed, not checked strictly) or
+        ``SKIP``."""
+        if self.skipped:
+            return "SKIP"
+        if self.passed:
+            return "PASS"
+        return "FAIL" if strict or self.level == CONTRACT else "WARN"
 
     def message(self) -> str:
         """The rule, what was sent, what came back and what Vertex would do, for people."""
@@ -186,16 +221,31 @@ class ContractReport:
     """The container's output; ``None`` when there is no container (a plain URL)."""
     process_mode: bool = False
     """The server ran as a local process, not from the image (``PROCESS_MODE_NOTE``)."""
+    strict: bool = False
+    """Hygiene rules fail the check too."""
+    predictions: list[str] = field(default_factory=list)
+    """Markdown table rows: how many predictions matched, by kind of instance and request."""
 
     @property
-    def passed(self) -> bool:
-        """Whether every rule that ran passed."""
-        return all(result.passed for result in self.rules)
+    def contract_violations(self) -> list[RuleResult]:
+        """The failed contract rules."""
+        return [r for r in self.rules if not r.passed and r.level == CONTRACT]
 
     @property
     def violations(self) -> list[RuleResult]:
-        """The failed rules, in the order they were checked."""
-        return [result for result in self.rules if not result.passed]
+        """The failed rules that fail the check, in the order they were checked: contract
+        rules, and hygiene rules too when strict."""
+        return [r for r in self.rules if r.verdict(self.strict) == "FAIL"]
+
+    @property
+    def warnings(self) -> list[RuleResult]:
+        """The failed hygiene rules that only warn (not strict)."""
+        return [r for r in self.rules if r.verdict(self.strict) == "WARN"]
+
+    @property
+    def passed(self) -> bool:
+        """Whether the check passes: no violation."""
+        return not self.violations
 
     def result(self, rule: str) -> RuleResult:
         """The result of one rule by name; ``KeyError`` when it was not recorded."""
@@ -205,12 +255,16 @@ class ContractReport:
         raise KeyError(rule)
 
     def verdict(self) -> str:
-        """One line: PASS, or FAIL with the failed rules' names."""
+        """One line: PASS (with the warnings' rule names), or FAIL with the failed rules'."""
         note = f". {PROCESS_MODE_NOTE}" if self.process_mode else ""
         if self.passed:
-            return f"PASS: {self.target} honours the Vertex AI container contract{note}"
+            warned = ", ".join(result.rule for result in self.warnings)
+            warnings = f" (warnings: {warned})" if warned else ""
+            return f"PASS: {self.target} honours the Vertex AI container contract{warnings}{note}"
         names = ", ".join(result.rule for result in self.violations)
-        return f"FAIL: {self.target} breaks the Vertex AI container contract ({names}){note}"
+        if self.contract_violations:
+            return f"FAIL: {self.target} breaks the Vertex AI container contract ({names}){note}"
+        return f"FAIL (strict): {self.target} fails hygiene rules ({names}){note}"
 
     def metrics(self) -> dict[str, float]:
         """Numbers for ``Output[Metrics]``: verdict, rule counts, startup, latencies, stop;
@@ -219,8 +273,11 @@ class ContractReport:
             "passed": float(self.passed),
             "rules_passed": float(sum(r.passed and not r.skipped for r in self.rules)),
             "rules_failed": float(len(self.violations)),
+            "rules_warned": float(len(self.warnings)),
             "rules_skipped": float(sum(r.skipped for r in self.rules)),
         }
+        if self.strict:
+            values["strict"] = 1.0
         if self.process_mode:
             values["process_mode"] = 1.0
         if self.startup_s is not None:
@@ -245,13 +302,15 @@ class ContractReport:
             "|---|---|",
         ]
         lines += [f"| {name} | `{value}` |" for name, value in self.settings.items()]
-        lines += ["", "## Rules", "", "| rule | verdict | found |", "|---|---|---|"]
+        lines += ["", "## Rules", "", "| rule | level | verdict | found |", "|---|---|---|---|"]
         for result in self.rules:
             detail = result.detail.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {result.rule} | {result.verdict} | {detail} |")
-        if self.violations:
-            lines += ["", "## Violations"]
-            for result in self.violations:
+            verdict = result.verdict(self.strict)
+            lines.append(f"| {result.rule} | {result.level} | {verdict} | {detail} |")
+        for title, results in (("Violations", self.violations), ("Warnings", self.warnings)):
+            if results:
+                lines += ["", f"## {title}"]
+            for result in results:
                 lines += ["", f"### {result.rule}: {RULES.get(result.rule, '')}", ""]
                 lines.append(f"- **found:** {result.detail}")
                 if result.request:
@@ -259,6 +318,9 @@ class ContractReport:
                 if result.response:
                     lines.append(f"- **came back:** `{result.response}`")
                 lines.append(f"- **Vertex AI would** {result.vertex_consequence}.")
+        if self.predictions:
+            lines += ["", "## Predictions by kind of instance and request", ""]
+            lines += self.predictions
         lines += ["", "## Timings", ""]
         timings = {k: v for k, v in self.metrics().items() if k.endswith(("_s", "_ms"))}
         lines += [f"- {name}: {value}" for name, value in sorted(timings.items())]

@@ -30,6 +30,7 @@ from components.training.inputs import (
     json_value,
     load_table,
 )
+from components.training.sample import export_sample
 from components.training.scikit_learn import make_sklearn_fitter
 from serving_image.server import artifact
 
@@ -75,7 +76,7 @@ def train_and_export(
     hyperparameters: dict[str, Any] | None = None,
     eval_fraction: float = 0.2,
     seed: int = 42,
-    sample_size: int = 10,
+    sample_size: int = 200,
     framework: str = "scikit-learn",
 ) -> TrainingResult:
     """Train a model on a table and export it with its preprocessing.
@@ -94,7 +95,8 @@ def train_and_export(
             learning_rate, hidden_units).
         eval_fraction: share of rows held out for evaluation (0 < x < 1), split with ``seed``.
         seed: random seed for the split and the estimator (when it takes ``random_state``).
-        sample_size: how many evaluation rows to export as sample instances.
+        sample_size: how many evaluation rows to export as sample instances (the edge
+            instances built from the schema come on top: see ``sample``).
         framework: ``"scikit-learn"`` (``model.joblib``) or ``"tensorflow"`` (a Keras model
             exported as ``saved_model/``; needs the project's ``tensorflow`` extra).
 
@@ -137,16 +139,17 @@ def train_and_export(
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_file = model.save(out)
-    # Rows with missing values first (up to half the sample): they exercise the imputers.
-    has_missing = x_eval.isna().any(axis=1)
-    with_missing = x_eval[has_missing].head(sample_size // 2)
-    sample = pd.concat([with_missing, x_eval[~has_missing]]).head(sample_size)
+    parts, kinds = export_sample(schema, x_eval, sample_size)
     instances = [
         {name: json_value(value) for name, value in row.items()}
-        for row in sample.to_dict(orient="records")
+        for part in parts
+        for row in part.to_dict(orient="records")
+    ]
+    expected = [
+        prediction for part in parts for prediction in expected_predictions(task, model, part)
     ]
     artifact.write_jsonl(out / artifact.INSTANCES_FILE, instances)
-    artifact.write_jsonl(out / artifact.EXPECTED_FILE, expected_predictions(task, model, sample))
+    artifact.write_jsonl(out / artifact.EXPECTED_FILE, expected)
     fields = model.manifest_fields()
     manifest = {
         "manifest_version": artifact.MANIFEST_VERSION,
@@ -158,6 +161,7 @@ def train_and_export(
         "target": target,
         "target_classes": model.classes if task == "classification" else [],
         "features": schema,
+        "sample_kinds": kinds,
         "estimator": fields.pop("estimator"),
         **fields,
         "model_file": model_file,

@@ -102,7 +102,8 @@ def check_inputs(frame: Any, target: str, task: str, features: list[str], source
 
 
 def feature_schema(frame: Any, features: list[str]) -> list[dict[str, Any]]:
-    """Describe each feature column: its kind, dtype, the categories seen, and missing counts."""
+    """Describe each feature column: its kind, dtype, the categories or the range seen, and
+    missing counts."""
     import pandas as pd
 
     schema = []
@@ -117,6 +118,8 @@ def feature_schema(frame: Any, features: list[str]) -> list[dict[str, Any]]:
             "nullable": True,
             "missing_in_training": int(column.isna().sum()),
         }
+        if numeric and column.notna().any():
+            entry["min"], entry["max"] = json_value(column.min()), json_value(column.max())
         if not numeric:
             entry["categories"] = sorted(str(value) for value in column.dropna().unique())
         schema.append(entry)

@@ -12,6 +12,13 @@ it would start a second model call where the batcher merges the waiting requests
 next one. Concurrency comes from worker processes. A health probe on a busy worker waits
 for at most the model call in progress (~7-13 ms for the penguins pipeline, with merged
 calls capped by ``SERVING_MAX_BATCH_INSTANCES``; Vertex's health timeout is 10 s).
+
+Every answer sent before the request body was read (413, 415, 503, 404, 405) first reads and
+drops what is left of the body, up to ``DISCARD_LIMIT_BYTES``: a server that closes the
+connection on unread data makes the kernel reset it, and a client still sending (urllib sends
+``Connection: close`` and the body after the headers) gets ``ECONNRESET``/``EPIPE`` instead of
+the answer. While the worker drains at SIGTERM (``serve``), answers carry
+``Connection: close`` so that clients leave for another replica.
 """
 
 from __future__ import annotations
@@ -35,9 +42,12 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+Handler = Callable[[Scope, "RequestBody", Send], Awaitable[None]]
 
 JSON_CONTENT_TYPE = b"application/json"
+DISCARD_LIMIT_BYTES = 64 * 1024 * 1024
+"""The most of a refused body read (and dropped) so that its client gets the answer; Vertex
+forwards at most 10 MB."""
 EXCERPT_CHARS = 1000
 """How much of the request's instances a 500 log line copies."""
 
@@ -59,6 +69,8 @@ class ServingApp:
         self.config = config
         self.state = state
         self.batcher: Batcher | None = None
+        self.draining = False
+        """Set by the worker at SIGTERM: answers then close their connection."""
         self.routes: dict[str, dict[str, Handler]] = {}
         # Vertex's docs disagree on whether the default health route equals the predict
         # route; keying on (path, method) serves both layouts.
@@ -83,36 +95,47 @@ class ServingApp:
                 return
 
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = RequestBody(scope, receive)
         methods = self.routes.get(scope["path"])
         if methods is None:
-            await send_json(
-                send,
-                404,
-                {
-                    "error": f"no route {scope['path']!r}; health is GET "
-                    f"{self.config.health_route}, predictions POST {self.config.predict_route}"
-                },
+            error = (
+                f"no route {scope['path']!r}; health is GET {self.config.health_route}, "
+                f"predictions POST {self.config.predict_route}"
             )
+            await self.respond(send, body, 404, {"error": error})
             return
         handler = methods.get(scope["method"])
         if handler is None:
             allowed = ", ".join(sorted(methods))
             error = f"method {scope['method']} not allowed on {scope['path']}; use {allowed}"
-            await send_json(send, 405, {"error": error}, [(b"allow", allowed.encode())])
+            await self.respond(send, body, 405, {"error": error}, [(b"allow", allowed.encode())])
             return
-        await handler(scope, receive, send)
+        await handler(scope, body, send)
 
-    async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def respond(
+        self,
+        send: Send,
+        body: RequestBody,
+        status: int,
+        payload: Any,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Send a JSON answer, after dropping what is left of the request body."""
+        await body.discard()
+        extra = [*(headers or ()), *([(b"connection", b"close")] if self.draining else [])]
+        await send_json(send, status, payload, extra)
+
+    async def health(self, scope: Scope, body: RequestBody, send: Send) -> None:
         """200 once the model is loaded and verified, 503 while loading or after a failure."""
         status = self.state.status
         if status == "ready":
-            await send_json(send, 200, {"status": status})
+            await self.respond(send, body, 200, {"status": status})
         elif status == "failed":
-            await send_json(send, 503, {"status": status, "error": self.state.error})
+            await self.respond(send, body, 503, {"status": status, "error": self.state.error})
         else:
-            await send_json(send, 503, {"status": status})
+            await self.respond(send, body, 503, {"status": status})
 
-    async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def predict(self, scope: Scope, body: RequestBody, send: Send) -> None:
         """Validate, predict the whole request as one batch, answer ``{"predictions"}``."""
         if self.state.status == "loading":
             await self.state.wait_until_settled(self.config.load_wait_s)
@@ -124,18 +147,18 @@ class ServingApp:
                 else f"model is still loading after {self.config.load_wait_s} s "
                 "(SERVING_LOAD_WAIT_S); retry shortly"
             )
-            await send_json(send, 503, {"error": error}, [(b"retry-after", b"1")])
+            await self.respond(send, body, 503, {"error": error}, [(b"retry-after", b"1")])
             return
         if self.batcher is None:
             self.batcher = Batcher(predictor, self.config.max_batch_instances)
         request: PredictRequest | None = None
         try:
             _check_content_type(scope)
-            body = await read_body(scope, receive, self.config.max_body_bytes)
-            request = parse_predict_request(body, predictor.schema)
+            data = await body.read(self.config.max_body_bytes)
+            request = parse_predict_request(data, predictor.schema)
             predictions = await self.batcher.predict(request)
         except RequestError as exc:
-            await send_json(send, exc.status, exc.body())
+            await self.respond(send, body, exc.status, exc.body())
             return
         except ClientDisconnected:
             return
@@ -148,16 +171,13 @@ class ServingApp:
                     instances_excerpt=_excerpt(request.instances) if request else None,
                 ),
             )
-            await send_json(
-                send,
-                500,
-                {
-                    "error": f"internal error while predicting ({type(exc).__name__}); "
-                    "the server log has the details"
-                },
+            error = (
+                f"internal error while predicting ({type(exc).__name__}); "
+                "the server log has the details"
             )
+            await self.respond(send, body, 500, {"error": error})
             return
-        await send_json(send, 200, {"predictions": predictions})
+        await self.respond(send, body, 200, {"predictions": predictions})
 
 
 def create_app(config: Config, runtime_dir: Path) -> ServingApp:
@@ -165,30 +185,59 @@ def create_app(config: Config, runtime_dir: Path) -> ServingApp:
     return ServingApp(config, ModelState(config.model_source, runtime_dir, config.storage_retry_s))
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """Read the request body, refusing with 413 as soon as it is known to exceed ``limit``.
+class RequestBody:
+    """A request's body as it arrives: read once within a limit, or what is left dropped."""
 
-    ``Content-Length`` is checked before reading anything; a chunked body is counted while
-    it arrives, so an oversized body is never buffered past the limit.
-    """
-    for name, value in scope["headers"]:
-        if name == b"content-length":  # the HTTP parser has already checked it is a number
-            if int(value) > limit:
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.receive = receive
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        self.length = int(length) if length is not None else None
+        """``Content-Length`` (the HTTP parser has already checked it is a number)."""
+        self.complete = self.length in (None, 0) and b"transfer-encoding" not in headers
+        """Whether the whole body has arrived (a body-less request: at once)."""
+        self.awaits_continue = headers.get(b"expect", b"").lower() == b"100-continue"
+        """The client sends the body only once told to: a refusal before reading needs no
+        draining."""
+        self.started = False
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, refused with 413 as soon as it is known to exceed ``limit``.
+
+        ``Content-Length`` is checked before reading anything; a chunked body is counted
+        while it arrives, so an oversized body is never buffered past the limit.
+        """
+        if self.length is not None and self.length > limit:
+            raise RequestError(413, _too_large(limit))
+        chunks: list[bytes] = []
+        size = 0
+        while not self.complete:
+            chunk = await self._next()
+            size += len(chunk)
+            if size > limit:
                 raise RequestError(413, _too_large(limit))
-            break
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def discard(self) -> None:
+        """Read and drop the rest of the body (up to ``DISCARD_LIMIT_BYTES``), so that the
+        answer reaches a client that is still sending."""
+        dropped = 0
+        if self.awaits_continue and not self.started:
+            return
+        while not self.complete and dropped <= DISCARD_LIMIT_BYTES:
+            try:
+                dropped += len(await self._next())
+            except ClientDisconnected:
+                return
+
+    async def _next(self) -> bytes:
+        self.started = True
+        message = await self.receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, _too_large(limit))
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.complete = not message.get("more_body", False)
+        return message.get("body", b"")
 
 
 async def send_json(

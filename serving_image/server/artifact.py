@@ -7,10 +7,14 @@ A model directory holds:
   SavedModel directory whose graph holds the Keras preprocessing layers);
 * ``model_manifest.json``: what the server needs to know to serve it without guessing
   (framework and versions, task, feature schema, target classes, the model file's sha256);
-* ``instances_sample.jsonl``: a few evaluation rows in Vertex's request shape, one instance
-  (an object keyed by feature name) per line;
+* ``instances_sample.jsonl``: evaluation rows and edge instances (each feature missing, an
+  unseen category, numbers at the training range's ends) in Vertex's request shape, one
+  instance (an object keyed by feature name) per line: the whole file is one valid request;
 * ``expected_predictions.jsonl``: what the fitted model answers for those instances, one
   prediction per line, in exactly the shape the server returns with default parameters.
+
+The manifest's ``sample_kinds`` names each instance's kind; ``read_sample`` adds the edge
+instances' other form (lists of values in the manifest's feature order) for the checks.
 
 This module is deliberately free of kfp and scikit-learn imports so that the serving image
 can use it as is.
@@ -113,6 +117,39 @@ def read_jsonl(path: str | Path) -> list[Any]:
     """Read a JSON Lines file (blank lines skipped) into a list of values."""
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+EVALUATION_KIND = "evaluation"
+AS_LIST = " as list"
+"""Appended to the kind of an instance sent as a list of values."""
+
+
+def read_sample(model_dir: str | Path) -> tuple[list[Any], list[Any], list[str]]:
+    """The sample instances, their expected predictions and kinds, as the checks send them:
+    the exported objects, then each edge instance again as a list of values in the
+    manifest's feature order (same expectation). Without a manifest that names the kinds
+    (or with a sample edited since), the exported instances alone, all ``evaluation``.
+
+    Raises:
+        OSError: a sample file is missing; ``ValueError``: one is not JSON Lines.
+    """
+    directory = Path(model_dir)
+    instances = read_jsonl(directory / INSTANCES_FILE)
+    expected = read_jsonl(directory / EXPECTED_FILE)
+    try:
+        manifest = read_manifest(directory)
+    except ManifestError:
+        return instances, expected, [EVALUATION_KIND] * len(instances)
+    kinds = manifest.get("sample_kinds")
+    if not (isinstance(kinds, list) and len(kinds) == len(instances) == len(expected)):
+        return instances, expected, [EVALUATION_KIND] * len(instances)
+    names = [feature["name"] for feature in manifest["features"]]
+    edges = [i for i, kind in enumerate(kinds) if kind != EVALUATION_KIND]
+    return (
+        instances + [[instances[i].get(name) for name in names] for i in edges],
+        expected + [expected[i] for i in edges],
+        kinds + [kinds[i] + AS_LIST for i in edges],
+    )
 
 
 def write_jsonl(path: str | Path, values: list[Any]) -> None:

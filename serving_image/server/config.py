@@ -24,7 +24,8 @@ DEFAULT_PORT = 8080
 DEFAULT_HEALTH_ROUTE = "/health"
 DEFAULT_PREDICT_ROUTE = "/predict"
 DEFAULT_MODEL_DIR = "/model"
-DEFAULT_MAX_BODY_BYTES = 1_500_000  # Vertex's request limit on shared public endpoints
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # the largest body Vertex forwards to a container
+DEFAULT_DRAIN_S = 1  # long enough for a request sent at the instant of SIGTERM
 DEFAULT_MAX_BATCH_INSTANCES = 1000  # a merged penguins call: ~13 ms instead of ~7.5 ms
 DEFAULT_GRACE_PERIOD_S = 20  # below Kubernetes' default 30 s terminationGracePeriodSeconds
 DEFAULT_WORKER_TIMEOUT_S = 60  # Vertex's inference timeout on shared endpoints
@@ -67,6 +68,9 @@ class Config:
     """``SERVING_WORKER_TIMEOUT_S``: a worker blocked this many seconds is killed and replaced."""
     keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
     """``SERVING_KEEP_ALIVE_S``: idle keep-alive connections are closed after these seconds."""
+    drain_s: int = DEFAULT_DRAIN_S
+    """``SERVING_DRAIN_S``: after SIGTERM, seconds a worker keeps accepting and answering
+    (each answer with ``Connection: close``) before it stops; 0 stops at once."""
     load_wait_s: int = DEFAULT_LOAD_WAIT_S
     """``SERVING_LOAD_WAIT_S``: how long a prediction sent to a worker whose model is still
     loading waits for it before answering 503. Health turns 200 as soon as one worker is
@@ -89,6 +93,7 @@ class Config:
         """Build the config from ``environ`` (default ``os.environ``); raise ``ConfigError``."""
         env = os.environ if environ is None else environ
         reader = _Reader(env)
+        grace_s = reader.integer("SERVING_GRACE_PERIOD_S", DEFAULT_GRACE_PERIOD_S, minimum=1)
         config = cls(
             port=reader.integer("AIP_HTTP_PORT", DEFAULT_PORT, minimum=1, maximum=65535),
             health_route=reader.route("AIP_HEALTH_ROUTE", DEFAULT_HEALTH_ROUTE),
@@ -102,18 +107,23 @@ class Config:
             max_batch_instances=reader.integer(
                 "SERVING_MAX_BATCH_INSTANCES", DEFAULT_MAX_BATCH_INSTANCES, minimum=1
             ),
-            grace_period_s=reader.integer(
-                "SERVING_GRACE_PERIOD_S", DEFAULT_GRACE_PERIOD_S, minimum=1
-            ),
+            grace_period_s=grace_s,
             worker_timeout_s=reader.integer(
                 "SERVING_WORKER_TIMEOUT_S", DEFAULT_WORKER_TIMEOUT_S, minimum=1
             ),
             keep_alive_s=reader.integer("SERVING_KEEP_ALIVE_S", DEFAULT_KEEP_ALIVE_S, minimum=1),
+            # By default the drain leaves at least a second of the grace period to finish in.
+            drain_s=reader.integer("SERVING_DRAIN_S", min(DEFAULT_DRAIN_S, grace_s - 1), minimum=0),
             load_wait_s=reader.integer("SERVING_LOAD_WAIT_S", DEFAULT_LOAD_WAIT_S, minimum=0),
             storage_retry_s=reader.integer("SERVING_STORAGE_RETRY_S", DEFAULT_RETRY_S, minimum=1),
             access_log=reader.boolean("SERVING_ACCESS_LOG", False),
             log_level=reader.choice("SERVING_LOG_LEVEL", "info", LOG_LEVELS),
         )
+        if config.drain_s >= config.grace_period_s:
+            raise ConfigError(
+                f"SERVING_DRAIN_S={config.drain_s} must be below SERVING_GRACE_PERIOD_S="
+                f"{config.grace_period_s}: the drain is part of the grace period"
+            )
         if config.storage_uri.startswith("gs://") and len(config.storage_uri) <= len("gs://"):
             raise ConfigError("AIP_STORAGE_URI='gs://' names no bucket")
         return config

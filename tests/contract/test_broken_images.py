@@ -14,8 +14,6 @@ Without a working engine these tests are skipped on a workstation and FAIL in CI
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,10 +30,11 @@ from serving_image.server import artifact
 from tests.contract.broken_images.verdicts import (
     FIXTURES_DIR,
     HEALTH_ROUTE,
+    KINDS,
     PREDICT_ROUTE,
     VERDICTS,
 )
-from tests.support import REPO_ROOT
+from tests.support import compile_cli
 
 pytestmark = pytest.mark.container
 
@@ -83,6 +82,7 @@ def broken_reports(engine: Engine, fixture_images: dict[str, str]) -> dict[str, 
             fixture_images[name],
             instances=INSTANCES,
             expected=EXPECTED,
+            kinds=KINDS,
             health_route=HEALTH_ROUTE,
             predict_route=PREDICT_ROUTE,
             settings=settings,
@@ -104,7 +104,8 @@ def test_each_broken_image_gets_its_own_verdict_and_message(
     report = broken_reports[name]
 
     assert {r.rule for r in report.violations} == verdict.failed, report.to_markdown()
-    message = report.violations[0].message()
+    assert {r.rule for r in report.warnings} == verdict.warned, report.to_markdown()
+    message = (report.violations or report.warnings)[0].message()
     for fragment in (*verdict.says, *verdict.in_container):
         assert fragment in message, report.to_markdown()
     assert "Vertex AI would" in message
@@ -170,6 +171,7 @@ def test_the_serving_image_passes_and_only_then_gets_a_container_spec(
         health_route="/health",
         predict_route="/predict",
         env={"SERVING_WORKERS": "2"},
+        settings=CheckSettings(strict=True),  # our own image: hygiene rules too
         large_model_bytes=1,  # treat it as large: the spec gets a startupProbe
         engine=engine,
     )
@@ -177,8 +179,15 @@ def test_the_serving_image_passes_and_only_then_gets_a_container_spec(
 
     (tmp_path / "report.md").write_text(report.to_markdown())
     print(f"\npassing report: {tmp_path / 'report.md'}")
-    assert report.passed, report.to_markdown()
-    assert report.result("predict-values").detail.startswith("all 10 predictions equal")
+    assert report.passed and not report.warnings, report.to_markdown()
+    sample, _, _ = artifact.read_sample(penguins_model)  # the edge instances also as lists
+    values = report.result("predict-values").detail
+    assert values.startswith(f"all {len(sample)} predictions equal the expected ones, sent in ")
+    assert "refused" not in values  # objects and lists alike
+    markdown = report.to_markdown()
+    rows = artifact.read_manifest(penguins_model)["sample_kinds"].count("evaluation")
+    assert f"| evaluation | {rows}/{rows} | {rows}/{rows} | {rows}/{rows} |" in markdown
+    assert "| missing:sex as list | 1/1 | 1/1 | 1/1 |" in markdown
     assert report.result("oversize").detail.startswith("answered 413")
     assert metadata == {
         "containerSpec": {
@@ -195,16 +204,6 @@ def test_the_serving_image_passes_and_only_then_gets_a_container_spec(
     assert '"model loaded' in (report.logs or "")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "compile.py", "check-contract", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_check_contract_cli_passes_a_good_image_with_exit_status_0(
     fixture_images: dict[str, str], tmp_path: Path
 ):
@@ -213,7 +212,9 @@ def test_check_contract_cli_passes_a_good_image_with_exit_status_0(
     shutil.copy(FIXTURES_DIR / "instances.jsonl", model / artifact.INSTANCES_FILE)
     shutil.copy(FIXTURES_DIR / "expected.jsonl", model / artifact.EXPECTED_FILE)
 
-    result = _cli("--image", fixture_images["good_toy"], "--model-dir", str(model))
+    result = compile_cli(
+        "check-contract", "--image", fixture_images["good_toy"], "--model-dir", str(model)
+    )
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"PASS: {fixture_images['good_toy']} honours")
@@ -223,7 +224,7 @@ def test_check_contract_cli_fails_a_broken_image_with_reasons_and_a_report(
     fixture_images: dict[str, str], tmp_path: Path
 ):
     report_path = tmp_path / "failing-report.md"
-    result = _cli(
+    result = compile_cli("check-contract",
         "--image", fixture_images["no_health_route"],
         "--health-route", "/health",
         "--predict-route", "/predict",
@@ -238,12 +239,14 @@ def test_check_contract_cli_fails_a_broken_image_with_reasons_and_a_report(
     assert "[health] health route /health returned 404" in result.stdout
     assert "Vertex AI would mark the replica unhealthy" in result.stdout
     markdown = report_path.read_text()
-    assert "| health | FAIL |" in markdown and "| predict-values | SKIP |" in markdown
+    assert "| health | contract | FAIL |" in markdown
+    assert "| predict-values | contract | SKIP |" in markdown
     assert "## Container logs" in markdown
 
 
 def test_check_contract_cli_reports_an_image_that_does_not_exist(tmp_path: Path):
-    result = _cli(
+    result = compile_cli(
+        "check-contract",
         "--image",
         "localhost/no-such-image:never",
         "--instances",
@@ -310,7 +313,7 @@ def test_the_component_fails_the_run_and_emits_no_model_on_a_violation(
     fixture_images: dict[str, str], toy_model_dir: Path, tmp_path: Path
 ):
     with pytest.raises(RuntimeError):
-        _run_component(fixture_images["refitted_preprocessing"], toy_model_dir, tmp_path / "r")
+        _run_component(fixture_images["refit_scaler_per_request"], toy_model_dir, tmp_path / "r")
 
     (report,) = (tmp_path / "r").rglob("report")
     markdown = report.read_text()

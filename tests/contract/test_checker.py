@@ -31,6 +31,7 @@ from serving_image.server.artifact import read_jsonl
 from tests.contract.broken_images.verdicts import (
     FIXTURES_DIR,
     HEALTH_ROUTE,
+    KINDS,
     PREDICT_ROUTE,
     VERDICTS,
 )
@@ -94,7 +95,12 @@ def start_fixture(tmp_path: Path) -> Iterator[Callable[[str], FixtureServer]]:
 
 def check(server: FixtureServer, settings: CheckSettings | None = None, **kwargs: Any):
     """``check_server`` on a fixture process with the fixture sample, Vertex-style routes."""
-    arguments: dict[str, Any] = {"instances": INSTANCES, "expected": EXPECTED, **kwargs}
+    arguments: dict[str, Any] = {
+        "instances": INSTANCES,
+        "expected": EXPECTED,
+        "kinds": KINDS,
+        **kwargs,
+    }
     return check_server(
         server.url,
         health_route=HEALTH_ROUTE,
@@ -124,8 +130,11 @@ def test_a_correct_server_passes_every_rule(start_fixture: Callable[[str], Fixtu
 def test_list_instances_without_expectations_check_the_shape_only(
     start_fixture: Callable[[str], FixtureServer],
 ):
-    rows = [[instance[name] for name in FIELDS] for instance in INSTANCES]
-    report = check(start_fixture("good_toy"), instances=rows, expected=None)
+    rows = [
+        instance if isinstance(instance, list) else [instance[name] for name in FIELDS]
+        for instance in INSTANCES
+    ]
+    report = check(start_fixture("good_toy"), instances=rows, expected=None, kinds=None)
 
     assert report.passed, report.to_markdown()
     values = report.result("predict-values")
@@ -144,7 +153,9 @@ def test_each_broken_server_gets_its_own_verdict_and_message(
     report = check(start_fixture(name), CheckSettings(**verdict.settings))
 
     assert {r.rule for r in report.violations} == verdict.failed, report.to_markdown()
-    message = report.violations[0].message()
+    assert {r.rule for r in report.warnings} == verdict.warned, report.to_markdown()
+    assert report.passed == (not verdict.failed)
+    message = (report.violations or report.warnings)[0].message()
     for fragment in verdict.says:
         assert fragment in message
     assert "Vertex AI would" in message
@@ -180,12 +191,15 @@ def test_a_server_that_dies_on_bad_input_ends_the_check_with_the_rest_skipped():
     )
     thread.join(10)
 
-    bad_json = report.result("bad-json")
-    assert not bad_json.passed
-    assert "the server is no longer healthy" in bad_json.detail
+    assert report.result("bad-json").passed  # it answered 400, then stopped listening
     for rule in ("no-instances", "wrong-feature", "oversize", "concurrency"):
         result = report.result(rule)
         assert result.skipped and "no longer healthy" in result.detail
+    stays_up = report.result("stays-up")
+    assert [r.rule for r in report.violations] == ["stays-up"]  # a contract rule
+    assert stays_up.detail.startswith(f"after POST {PREDICT_ROUTE} with body")
+    assert "health returned" in stays_up.detail and "no longer up" in stays_up.detail
+    assert "takes the replica out of service" in stays_up.vertex_consequence
 
 
 def test_the_violation_names_rule_request_answer_and_what_vertex_would_do(
@@ -204,19 +218,82 @@ def test_the_violation_names_rule_request_answer_and_what_vertex_would_do(
     assert violation.report is report
 
 
-def test_the_markdown_report_of_a_failing_run_reads_as_a_report(
+def test_a_5xx_on_bad_input_warns_and_the_report_separates_warnings(
     start_fixture: Callable[[str], FixtureServer],
 ):
     report = check(start_fixture("crash_on_bad_input"))
     markdown = report.to_markdown()
 
+    assert report.passed and not report.violations
     assert markdown.startswith("# Vertex AI container contract check\n")
-    assert "**FAIL:" in markdown and "(bad-json, no-instances, wrong-feature, oversize)" in markdown
-    assert "| bad-json | FAIL |" in markdown and "| predict-values | PASS |" in markdown
-    assert "### oversize: a body over the 1.5 MB limit gets a 4xx" in markdown
-    assert "- **request sent:** `POST" in markdown and "bytes (limit 1,500,000)" in markdown
-    assert "- **Vertex AI would** " in markdown
+    assert "**PASS:" in markdown
+    assert "(warnings: bad-json, no-instances, wrong-feature)" in markdown
+    assert "| bad-json | hygiene | WARN |" in markdown
+    assert "| predict-values | contract | PASS |" in markdown
+    assert "| oversize | hygiene | PASS | answered 200 (it takes bodies over" in markdown
+    assert "## Warnings" in markdown and "## Violations" not in markdown
+    assert "### no-instances: a JSON object without" in markdown
+    assert "- **request sent:** `POST" in markdown and "- **Vertex AI would** " in markdown
     assert "## Container logs" not in markdown  # a plain URL has no container
+    metrics = report.metrics()
+    assert (metrics["passed"], metrics["rules_failed"], metrics["rules_warned"]) == (1, 0, 3)
+
+
+def test_a_strict_check_fails_the_hygiene_rules_it_would_only_warn_about(
+    start_fixture: Callable[[str], FixtureServer],
+):
+    report = check(start_fixture("crash_on_bad_input"), CheckSettings(strict=True))
+
+    assert not report.passed and not report.contract_violations
+    assert [r.rule for r in report.violations] == ["bad-json", "no-instances", "wrong-feature"]
+    assert report.verdict().startswith("FAIL (strict): ")
+    assert "fails hygiene rules (bad-json, no-instances, wrong-feature)" in report.verdict()
+    assert "| bad-json | hygiene | FAIL |" in report.to_markdown()
+    assert "fails hygiene rules that Vertex tolerates" in str(ContractViolation(report))
+    assert report.metrics()["strict"] == 1.0
+
+
+def test_the_report_names_the_endpoint_type_each_number_assumes(
+    start_fixture: Callable[[str], FixtureServer],
+):
+    settings = check(start_fixture("good_toy")).settings
+
+    assert settings["predict timeout (s), shared public and private (PSA) endpoints"] == 60
+    assert settings["request bodies within (bytes), every endpoint type"] == 1_500_000
+    oversize = "oversize body over (bytes), the most dedicated and private endpoints forward"
+    assert settings[oversize] == 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize("name", ["refit_scaler_per_request", "refit_imputer"])
+def test_preprocessing_refit_per_request_passes_a_batch_of_evaluation_rows(
+    name: str, start_fixture: Callable[[str], FixtureServer]
+):
+    """What the check did before it sent edge instances and other request shapes."""
+    evaluation = [index for index, kind in enumerate(KINDS) if kind == "evaluation"]
+    report = check(
+        start_fixture(name),
+        CheckSettings(request_shapes=("batch",)),
+        instances=[INSTANCES[i] for i in evaluation],
+        expected=[EXPECTED[i] for i in evaluation],
+        kinds=None,
+    )
+
+    assert report.passed, report.to_markdown()
+
+
+def test_the_predictions_table_shows_which_kinds_and_shapes_matched(
+    start_fixture: Callable[[str], FixtureServer],
+):
+    scaler = check(start_fixture("refit_scaler_per_request")).to_markdown()
+    imputer = check(start_fixture("refit_imputer")).to_markdown()
+
+    header = "| kind of instance | in batches | each instance alone | in another order |"
+    assert "## Predictions by kind of instance and request" in scaler and header in scaler
+    assert "| evaluation | 5/5 | 1/5 | 5/5 |" in scaler  # right in a batch, wrong alone
+    assert "| min:x1 | 0/1 | 0/1 | 0/1 |" in scaler  # a batch of edges is no training set
+    assert "| missing:x1 | 0/1 | 0/1 | 0/1 |" in imputer
+    assert "| missing:x2 as list | 0/1 | 0/1 | 0/1 |" in imputer
+    assert "| min:x1 | 1/1 | 1/1 | 1/1 |" in imputer  # nothing to impute: right
 
 
 def test_oversize_body_note_replaces_the_megabytes_of_body(
@@ -227,6 +304,7 @@ def test_oversize_body_note_replaces_the_megabytes_of_body(
 
     assert len(request) < 200
     assert request.startswith(f'POST {PREDICT_ROUTE} with body {{"instances": [...]}} of ')
+    assert request.endswith("bytes (over 10,485,760)")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,13 @@ import json
 import pytest
 
 from components.contract import (
+    CONTRACT,
+    HYGIENE,
+    LEVELS,
+    RULES,
+    VERTEX_WOULD,
     ContractReport,
+    ContractViolation,
     RuleResult,
     explain_exit,
 )
@@ -34,7 +40,49 @@ def test_report_metrics_are_plain_floats_for_kfp():
         "passed": 0.0,
         "rules_passed": 0.0,
         "rules_failed": 1.0,
+        "rules_warned": 0.0,
         "rules_skipped": 0.0,
         "startup_s": 1.235,
     }
     assert json.dumps(metrics)
+
+
+def test_every_rule_has_a_level_and_only_what_vertex_tolerates_is_hygiene():
+    assert set(LEVELS) == set(RULES)
+    assert {rule for rule, level in LEVELS.items() if level == HYGIENE} == {
+        "bad-json", "no-instances", "wrong-feature", "oversize", "sigterm",
+    }  # fmt: skip
+    assert set(LEVELS.values()) == {CONTRACT, HYGIENE}
+    assert set(RULES) - {"bad-json", "no-instances", "wrong-feature"} <= set(VERTEX_WOULD)
+
+
+@pytest.mark.parametrize(
+    ("rule", "strict", "verdict", "passed"),
+    [
+        ("health", False, "FAIL", False),
+        ("health", True, "FAIL", False),
+        ("no-instances", False, "WARN", True),
+        ("no-instances", True, "FAIL", False),
+    ],
+)
+def test_a_failed_hygiene_rule_warns_unless_strict(
+    rule: str, strict: bool, verdict: str, passed: bool
+):
+    failed = RuleResult(rule, False, "answered 500")
+    report = ContractReport("image", {}, [RuleResult("liveness", True, "ok"), failed])
+    report.strict = strict
+
+    assert failed.verdict(strict) == verdict
+    assert report.passed is passed
+    assert [r.rule for r in report.violations] == ([] if passed else [rule])
+    assert [r.rule for r in report.warnings] == ([rule] if passed else [])
+    assert report.metrics()["rules_warned"] == float(passed)
+
+
+def test_a_strict_violation_says_it_is_hygiene_not_the_contract():
+    report = ContractReport("image", {}, [RuleResult("oversize", False, "reset")], strict=True)
+
+    assert str(ContractViolation(report)).startswith(
+        "image fails hygiene rules that Vertex tolerates (checked strictly) (1 of 1 rules failed)"
+    )
+    assert report.verdict() == "FAIL (strict): image fails hygiene rules (oversize)"

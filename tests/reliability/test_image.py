@@ -1,5 +1,5 @@
 """Security basics of the serving image, built with the real engine: nothing secret in any
-layer, and the payload limit holds in the container.
+layer, and the payload limit holds in the container, answered to every kind of client.
 
 Every layer is read, not just the final file system: a file added by one step and deleted by
 a later one is still in the image. The build is given the host's CA bundle as a build secret
@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import tarfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from components.imaging import build_serving_image, find_ca_bundle
-from components.runners import Engine, ServerSpec, send, start_server
+from components.runners import Engine, RunningServer, ServerSpec, send, start_server
 from serving_image.server.config import DEFAULT_MAX_BODY_BYTES
 
 if TYPE_CHECKING:
@@ -147,13 +151,74 @@ def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
     }
 
 
-def test_payload_limit_holds_in_the_container(engine: Engine, image: str) -> None:
+@pytest.fixture(scope="module")
+def container(engine: Engine, image: str) -> Iterator[RunningServer]:
+    """The image running as Vertex runs it, its port published on the host."""
     env = {"AIP_HTTP_PORT": "8080", "AIP_STORAGE_URI": "", "AIP_PREDICT_ROUTE": "/predict"}
-    with start_server(engine, ServerSpec(image, env=env, init=True)) as container:
-        container.wait_until_serving("/health", timeout=120)
-        body = b'{"instances": [' + b"[1, 2]," * (DEFAULT_MAX_BODY_BYTES // 7) + b"[1, 2]]}"
-        # The contract check's client: the answer may come (and the server stop reading)
-        # before the whole body is sent; it reads the answer anyway, as a client should.
-        refused = send(container.url, "POST", "/predict", 30, body)
+    with start_server(engine, ServerSpec(image, env=env)) as running:
+        running.wait_until_serving("/health", timeout=120)
+        yield running
+
+
+def oversize_body() -> bytes:
+    """A valid request body just over the server's default limit (Vertex's 10 MB)."""
+    return b'{"instances": [' + b"[1, 2]," * (DEFAULT_MAX_BODY_BYTES // 7) + b"[1, 2]]}"
+
+
+def test_payload_limit_holds_in_the_container(container: RunningServer) -> None:
+    # The contract check's client reads the answer even if it comes before the body is sent.
+    refused = send(container.url, "POST", "/predict", 30, oversize_body())
     assert refused.status == 413, refused.error
     assert f"exceeds {DEFAULT_MAX_BODY_BYTES} bytes" in refused.json()["error"]
+
+
+def post_with_urllib(url: str, body: Path) -> tuple[int, bytes]:
+    """urllib sends ``Connection: close`` and the whole body before it reads anything."""
+    request = urllib.request.Request(
+        url, data=body.read_bytes(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def post_with_httpx(url: str, body: Path) -> tuple[int, bytes]:
+    answer = httpx.post(
+        url, content=body.read_bytes(), headers={"Content-Type": "application/json"}, timeout=60
+    )
+    return answer.status_code, answer.content
+
+
+def post_with_curl(url: str, body: Path) -> tuple[int, bytes]:
+    """curl sends ``Expect: 100-continue`` for a large body and reads an early answer."""
+    done = subprocess.run(
+        ["curl", "-sS", "--max-time", "60", "-H", "Content-Type: application/json",
+         "--data-binary", f"@{body}", "-w", "\n%{http_code}", url],
+        capture_output=True,
+        check=True,
+    )  # fmt: skip
+    payload, _, status = done.stdout.rpartition(b"\n")
+    return int(status), payload
+
+
+@pytest.mark.parametrize("client", [post_with_urllib, post_with_httpx, post_with_curl])
+def test_an_oversize_body_gets_413_and_its_error_with_every_client_never_a_reset(
+    client: Any, container: RunningServer, tmp_path: Path, figures: Figures
+) -> None:
+    """The server reads and drops a refused body before it answers, so a client that sends
+    the whole body first (urllib, httpx) reads the 413 instead of ECONNRESET/EPIPE."""
+    body = tmp_path / "oversize.json"
+    body.write_bytes(oversize_body())
+    url = f"{container.url}/predict"
+
+    answers = [client(url, body) for _ in range(20)]
+
+    statuses = [status for status, _ in answers]
+    figures["oversize body through the published port"][client.__name__] = (
+        f"{statuses.count(413)} of 20 answered 413"
+    )
+    assert statuses == [413] * 20
+    for _, payload in answers:
+        assert f"exceeds {DEFAULT_MAX_BODY_BYTES} bytes" in json.loads(payload)["error"]

@@ -14,8 +14,14 @@ def test_defaults_follow_vertex_and_the_baked_in_model() -> None:
     assert (config.port, config.health_route, config.predict_route) == (8080, "/health", "/predict")
     assert config.model_source == "/model"
     assert config.workers == os.cpu_count()
-    assert config.max_body_bytes == 1_500_000
+    assert config.max_body_bytes == 10 * 1024 * 1024  # the most Vertex forwards online
+    assert config.drain_s == 1 and config.grace_period_s == 20
     assert not config.access_log
+
+
+def test_the_default_drain_leaves_a_second_of_a_short_grace_period() -> None:
+    assert Config.from_env({"SERVING_GRACE_PERIOD_S": "1"}).drain_s == 0
+    assert Config.from_env({"SERVING_GRACE_PERIOD_S": "2"}).drain_s == 1
 
 
 def test_an_empty_storage_uri_means_the_baked_in_model() -> None:
@@ -32,14 +38,14 @@ def test_overrides() -> None:
             "AIP_HEALTH_ROUTE": "/v1/endpoints/1/deployedModels/2",
             "AIP_PREDICT_ROUTE": "/v1/endpoints/1/deployedModels/2:predict",
             "SERVING_WORKERS": "3",
-            "SERVING_MAX_BODY_BYTES": "10000000",
+            "SERVING_MAX_BODY_BYTES": "1500000",
             "SERVING_GRACE_PERIOD_S": "5",
             "SERVING_ACCESS_LOG": "true",
             "SERVING_LOG_LEVEL": "DEBUG",
         }
     )
     assert config.port == 9000 and config.workers == 3 and config.grace_period_s == 5
-    assert config.predict_route.endswith(":predict") and config.max_body_bytes == 10_000_000
+    assert config.predict_route.endswith(":predict") and config.max_body_bytes == 1_500_000
     assert config.access_log and config.log_level == "debug"
 
 
@@ -55,6 +61,10 @@ def test_overrides() -> None:
         ({"SERVING_ACCESS_LOG": "maybe"}, "SERVING_ACCESS_LOG='maybe' is not a boolean"),
         ({"SERVING_LOG_LEVEL": "loud"}, "SERVING_LOG_LEVEL='loud' is not one of"),
         ({"SERVING_GRACE_PERIOD_S": "1.5"}, "SERVING_GRACE_PERIOD_S='1.5' is not an integer"),
+        (
+            {"SERVING_GRACE_PERIOD_S": "5", "SERVING_DRAIN_S": "5"},
+            "SERVING_DRAIN_S=5 must be below SERVING_GRACE_PERIOD_S=5",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:

@@ -18,3 +18,14 @@ def fresh_python(script: str, *args: str) -> str:
         check=True,
     )
     return done.stdout
+
+
+def compile_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python compile.py ARGS`` in the repository root; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "compile.py", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -59,7 +59,7 @@ def test_sample_instances_are_vertex_request_objects(kfp_run: dict) -> None:
     names = [f["name"] for f in manifest["features"]]
     instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
     expected = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)
-    assert len(instances) == len(expected) == 8
+    assert len(instances) == len(expected) == len(manifest["sample_kinds"])
     # The whole file, as sent, is a valid {"instances": [...]} body.
     json.dumps({"instances": instances}, allow_nan=False)
     for instance in instances:
@@ -71,6 +71,53 @@ def test_sample_instances_are_vertex_request_objects(kfp_run: dict) -> None:
         assert list(probabilities) == manifest["target_classes"]
         assert sum(probabilities.values()) == pytest.approx(1.0)
         assert max(probabilities, key=probabilities.get) == prediction["label"]
+
+
+def test_the_sample_adds_an_edge_instance_for_every_place_skew_hides(kfp_run: dict) -> None:
+    """8 evaluation rows, then one edge row per missing feature, unseen category and end of a
+    numeric range, each the first complete evaluation row with one value changed."""
+    model_dir = Path(kfp_run["model"].path)
+    manifest = artifact.read_manifest(model_dir)
+    features = {f["name"]: f for f in manifest["features"]}
+    instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
+    kinds = manifest["sample_kinds"]
+    numeric = [name for name, f in features.items() if f["kind"] == "numeric"]
+    categorical = [name for name in features if name not in numeric]
+
+    assert kinds[:8] == ["evaluation"] * 8 and "evaluation" not in kinds[8:]
+    assert sorted(kinds[8:]) == sorted(
+        [f"missing:{name}" for name in features]
+        + [f"unseen:{name}" for name in categorical]
+        + [f"{end}:{name}" for name in numeric for end in ("min", "max")]
+    )
+    base = next(row for row in instances[:8] if None not in row.values())
+    for instance, kind in zip(instances[8:], kinds[8:], strict=True):
+        edge, name = kind.split(":")
+        changed = {key for key in instance if instance[key] != base[key]}
+        assert changed <= {name}
+        want = {
+            "missing": None,
+            "unseen": f"unseen {name}",
+            "min": features[name].get("min"),
+            "max": features[name].get("max"),
+        }[edge]
+        assert instance[name] == want
+    assert features["bill_length_mm"]["min"] < features["bill_length_mm"]["max"]
+
+
+def test_read_sample_adds_each_edge_instance_as_a_list_in_manifest_order(kfp_run: dict) -> None:
+    model_dir = Path(kfp_run["model"].path)
+    names = [f["name"] for f in artifact.read_manifest(model_dir)["features"]]
+    objects = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
+    exported = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)
+
+    instances, expected, kinds = artifact.read_sample(model_dir)
+
+    edges = len(objects) - 8
+    assert instances[: len(objects)] == objects and expected[: len(objects)] == exported
+    assert instances[len(objects) :] == [[row[n] for n in names] for row in objects[8:]]
+    assert expected[len(objects) :] == exported[8:]
+    assert kinds[len(objects) :] == [f"{kind} as list" for kind in kinds[8 : 8 + edges]]
 
 
 def test_metrics_artifacts(kfp_run: dict) -> None:

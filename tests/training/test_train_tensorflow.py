@@ -25,6 +25,7 @@ from tests.training.penguins import FEATURES, run_train_component
 
 pytest.importorskip("tensorflow", reason="the project's tensorflow extra is not installed")
 
+
 @pytest.fixture(scope="module")
 def kfp_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run the train component once through kfp.local with the TensorFlow framework."""
@@ -75,7 +76,8 @@ def test_metrics_and_sample(kfp_run: dict, model_dir: Path) -> None:
     assert sum(sum(row["row"]) for row in matrix["rows"]) == eval_rows
     instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
     expected = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)
-    assert len(instances) == len(expected) == 8
+    kinds = artifact.read_manifest(model_dir)["sample_kinds"]
+    assert len(instances) == len(expected) == len(kinds) and kinds.count("evaluation") == 8
     assert all(list(instance) == FEATURES for instance in instances)
     for prediction in expected:
         probabilities = prediction["probabilities"]
@@ -131,7 +133,8 @@ def test_the_server_serves_the_tensorflow_model_over_http(model_dir: Path, start
     assert device["device"] == "CPU"
     assert sum("runs the model on" in e["message"] for e in server.logs()) == 1
     loaded = server.wait_for_log(lambda e: e["message"].startswith("model loaded"))
-    assert loaded["framework"] == "tensorflow" and loaded["self_checked_instances"] == 8
+    assert loaded["framework"] == "tensorflow"
+    assert loaded["self_checked_instances"] == len(artifact.read_sample(model_dir)[0])
 
     instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
     expected = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)

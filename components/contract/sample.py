@@ -1,0 +1,159 @@
+"""What a check predicts: the sample instances, their expected predictions and kinds, and the
+requests that carry them.
+
+Skew hides in how a request is made: a server whose preprocessing depends on the request's
+other instances (a scaler or an imputer fitted on each request) answers a spread-out batch
+right and a lone instance wrong. So the sample is sent three ways (``SHAPES``): in batches
+(the evaluation rows, the edge instances and the list forms each in their own, split to stay
+within a body limit), each instance alone, and in the reverse order; each answer is compared
+with its expectation. Lists of values in a sample that also has objects are a second form of
+the same rows: a server may refuse them (``Sample.optional``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving_image.server.artifact import EVALUATION_KIND as EVALUATION
+
+BATCH, SINGLE, REVERSED = "batch", "single", "reversed"
+SHAPES = (BATCH, SINGLE, REVERSED)
+SHAPE_NAMES = {BATCH: "in batches", SINGLE: "each instance alone", REVERSED: "in another order"}
+
+
+def json_body(value: Any) -> bytes:
+    """``value`` as a request body (NaN and Infinity refused: they are not JSON)."""
+    return json.dumps(value, allow_nan=False).encode()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The instances a check sends, each with its expected prediction and its kind."""
+
+    instances: list[Any]
+    expected: list[Any] | None
+    """One per instance; ``None``: the answers' shape is checked, not their values."""
+    kinds: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        instances: Sequence[Any],
+        expected: Sequence[Any] | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> Sample:
+        """A sample; ``ValueError`` when it is empty or the lists do not pair up."""
+        rows = list(instances)
+        if not rows:
+            raise ValueError("at least one sample instance is needed")
+        if expected is not None and len(expected) != len(rows):
+            raise ValueError(
+                f"{len(expected)} expected predictions for {len(rows)} instances: they must "
+                "come in pairs, one per line"
+            )
+        named = list(kinds) if kinds is not None else [EVALUATION] * len(rows)
+        if len(named) != len(rows):
+            raise ValueError(f"{len(named)} kinds for {len(rows)} instances")
+        return cls(rows, None if expected is None else list(expected), named)
+
+    def group(self, index: int) -> tuple[type, bool]:
+        """What an instance shares a batch with: its form (object, list) and whether it is an
+        evaluation row."""
+        return type(self.instances[index]), self.kinds[index] == EVALUATION
+
+    def requests(self, shape: str, max_bytes: int) -> list[list[int]]:
+        """The instances' positions, one list per request of ``shape``: each alone, or in
+        order (``reversed``: backwards), split where the ``group`` changes or the body would
+        pass ``max_bytes``."""
+        order = range(len(self.instances))
+        if shape == SINGLE:
+            return [[index] for index in order]
+        if shape == REVERSED:
+            order = reversed(order)
+        requests: list[list[int]] = []
+        size = 0
+        for index in order:
+            bytes_ = len(json_body(self.instances[index])) + 2
+            current = requests[-1] if requests else []
+            same_group = current and self.group(current[0]) == self.group(index)
+            if not same_group or size + bytes_ > max_bytes:
+                requests.append([index])
+                size = len(b'{"instances": []}') + bytes_
+            else:
+                current.append(index)
+                size += bytes_
+        return requests
+
+    def optional(self, positions: Sequence[int]) -> bool:
+        """Whether these instances are lists of values in a sample that also has objects:
+        a second form of the same rows, which a server may refuse (objects are enough)."""
+        return all(isinstance(self.instances[i], list) for i in positions) and any(
+            isinstance(instance, dict) for instance in self.instances
+        )
+
+    def body(self, positions: Sequence[int]) -> bytes:
+        """The request body ``{"instances": [...]}`` of these instances."""
+        return json_body({"instances": [self.instances[index] for index in positions]})
+
+
+@dataclass
+class Comparison:
+    """How one request shape's answers compared with the expectations."""
+
+    shape: str
+    differences: dict[int, str] = field(default_factory=dict)
+    """Instance position -> what differed (or why no prediction came back)."""
+    refused: dict[int, str] = field(default_factory=dict)
+    """Instance position -> the answer to an optional form (``Sample.optional``) refused."""
+    first_exchange: Any = None
+    """The exchange of the first request with a difference."""
+    compared: int = 0
+
+
+def describe(sample: Sample, comparisons: Sequence[Comparison]) -> str:
+    """One sentence per shape that differed (how many, which kinds, the first difference),
+    and what it means when an instance was right in a batch and wrong alone."""
+    by_shape = {comparison.shape: comparison for comparison in comparisons}
+    parts = []
+    if BATCH in by_shape and SINGLE in by_shape:
+        alone = set(by_shape[SINGLE].differences) - set(by_shape[BATCH].differences)
+        if alone:
+            parts.append(
+                f"{len(alone)} of the instances were right in a batch and wrong alone: the answer "
+                "depends on the request's other instances (preprocessing fitted on each "
+                "request)"
+            )
+    for comparison in comparisons:
+        if not comparison.differences:
+            continue
+        kinds = sorted({sample.kinds[i] for i in comparison.differences})
+        index, difference = next(iter(comparison.differences.items()))
+        parts.append(
+            f"{SHAPE_NAMES[comparison.shape]}: {len(comparison.differences)} of "
+            f"{comparison.compared} differ (kinds {', '.join(kinds)}; first: instance {index} "
+            f"({sample.kinds[index]}): {difference})"
+        )
+    return "; ".join(parts)
+
+
+def table(sample: Sample, comparisons: Sequence[Comparison]) -> list[str]:
+    """Markdown rows: predictions that matched, by kind of instance and request shape."""
+    shapes = [comparison.shape for comparison in comparisons]
+    rows = [
+        "| kind of instance | " + " | ".join(SHAPE_NAMES[s] for s in shapes) + " |",
+        "|---|" + "---|" * len(shapes),
+    ]
+    totals = Counter(sample.kinds)
+    for kind in totals:
+        cells = []
+        for comparison in comparisons:
+            wrong = sum(sample.kinds[i] == kind for i in comparison.differences)
+            refused = sum(sample.kinds[i] == kind for i in comparison.refused)
+            right = totals[kind] - wrong - refused
+            cells.append(f"{right}/{totals[kind]}" + (" (refused)" if refused else ""))
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return rows
