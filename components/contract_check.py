@@ -26,6 +26,7 @@ def contract_check(
     grace_period_s: float = 30.0,
     large_model_bytes: int = 268435456,
     strict: bool = False,
+    process_mode: bool = False,
 ):
     """Check a serving image against Vertex AI's container contract; emit it for upload.
 
@@ -45,15 +46,11 @@ def contract_check(
     and what Vertex would have done.
 
     Where it runs: under ``kfp.local`` (``SubprocessRunner(use_venv=False)``) it runs the
-    image with the local podman or docker. Where neither works (a Vertex AI Pipelines task
-    runs in a pod with no container daemon) it falls back to process mode and says so in its
-    log, report and metrics (``process_mode: 1``): the same server code and the model, with
-    Vertex's environment, as a local process; weaker, since the image itself is not run. The
-    way to run the image on Google Cloud is a Cloud Build job whose steps run the image and
-    this checker side by side (a step can start the image detached on Cloud Build's docker
-    network, and the next step runs ``python compile.py check-contract`` against it); that
-    path is not implemented yet. ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process`` asks for process
-    mode explicitly.
+    image with the local podman or docker. A Vertex AI Pipelines task has no container engine:
+    there use ``build_and_check``, which builds, checks and pushes the image in one Cloud Build.
+    Without an engine this component fails, unless ``process_mode`` asks for the weaker check:
+    the server code and the model, with Vertex's environment, as a local process (the image
+    itself is not run; its log, report and metrics say so, ``process_mode: 1``).
 
     Args:
         image_uri: the image to check, as the engine knows it (and as upload will use it).
@@ -67,24 +64,22 @@ def contract_check(
         large_model_bytes: model size from which the spec gets a ``startupProbe``.
         strict: fail on hygiene rules too, not only on contract rules (the train-to-serve
             pipeline checks its own serving image strictly).
+        process_mode: check the server code as a local process instead of the image (never a
+            silent fallback).
 
     Returns:
         report: the human-readable report (Markdown).
         metrics: verdict, rule counts, startup time, latencies, stop time.
         unmanaged_container_model: the checked model for ``ModelUploadOp`` (on a pass only).
     """
-    from pathlib import Path
-
     from components.contract import (
         CheckSettings,
-        ContractViolation,
         check_model_image,
         choose_check_engine,
+        publish,
     )
 
-    engine, fallback = choose_check_engine()
-    if fallback:
-        print(fallback)
+    engine = choose_check_engine(process_mode)
     checked, metadata = check_model_image(
         image_uri,
         model.path,
@@ -98,13 +93,11 @@ def contract_check(
         large_model_bytes=large_model_bytes,
         engine=engine,
     )
-    if fallback:
-        checked.settings["why process mode"] = fallback
-    print(checked.verdict())
-    Path(report.path).write_text(checked.to_markdown(), encoding="utf-8")
-    for name, value in checked.metrics().items():
-        metrics.log_metric(name, value)
-    if metadata is None:
-        raise ContractViolation(checked)
-    unmanaged_container_model.uri = model.uri
-    unmanaged_container_model.metadata.update(metadata)
+    publish(
+        checked,
+        metadata,
+        report_file=report.path,
+        metrics=metrics,
+        container_model=unmanaged_container_model,
+        model_uri=model.uri,
+    )

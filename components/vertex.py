@@ -56,6 +56,14 @@ LARGE_MODEL_BYTES = 256 * 1024 * 1024
 SLOW_STARTUP_S = 15.0
 """Ours: from this local startup time on, too (half of the liveness window)."""
 
+CLOUD_BUILD_DOCKER = "gcr.io/cloud-builders/docker"
+"""Cloud Build's builder image with the Docker CLI, which talks to the build's own daemon."""
+CLOUD_BUILD_NETWORK = "cloudbuild"
+"""The Docker network every Cloud Build step joins; a container a step starts on it is
+reachable by name from the later steps."""
+CLOUD_BUILD_WORKSPACE = "/workspace"
+"""Where every Cloud Build step finds the build's source and what earlier steps wrote."""
+
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 

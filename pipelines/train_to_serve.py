@@ -1,9 +1,11 @@
 """The train-to-serve pipeline, for Vertex AI Pipelines and for kfp's local runner.
 
-train -> build image -> contract check -> evaluation gate -> upload (a new version of an
-existing model, or a new model) -> in parallel: deploy to an endpoint, and a batch
+train -> build and contract-check the image -> evaluation gate -> upload (a new version of
+an existing model, or a new model) -> in parallel: deploy to an endpoint, and a batch
 prediction job (on a GPU on Vertex; a TensorFlow model's job runs the GPU variant of its
-image).
+image). On Vertex the image is built, checked and pushed in one Cloud Build
+(``build_and_check``: a task there has no container engine); locally ``build_image`` and
+``contract_check`` run with podman or docker.
 
 One factory, ``build_pipeline(components_image, backend)``, defines both variants from the
 same first half (``_train_build_check_gate``); only the three Vertex resource steps differ:
@@ -20,6 +22,7 @@ In both, the only way a container spec reaches upload is the contract check's
 ``UnmanagedContainerModel`` output.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
@@ -28,6 +31,7 @@ from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, Model
 from google_cloud_pipeline_components.v1.model import ModelUploadOp
 from kfp import dsl
 
+from components.build_and_check import build_and_check
 from components.build_image import build_image
 from components.contract_check import contract_check
 from components.evaluation_gate import evaluation_gate
@@ -46,6 +50,7 @@ OUR_COMPONENTS = {
     "train": train,
     "build_image": build_image,
     "contract_check": contract_check,
+    "build_and_check": build_and_check,
     "evaluation_gate": evaluation_gate,
 }
 """The project's own components in the Vertex pipeline, by name (compile exports each as YAML)."""
@@ -100,21 +105,18 @@ def _upload(
 
 
 def _train_build_check_gate(
-    ours: dict[str, Any], shared: dict[str, Any], build: dict[str, Any]
+    ours: dict[str, Any], shared: dict[str, Any], build_and_check: Callable[[Any], Any]
 ) -> tuple[Any, Any, Any]:
-    """The first half, shared by both backends: train, build, check, and the gate.
+    """The first half, shared by both backends: train, build and check, and the gate.
 
-    Returns the train task, the contract-check task (its ``unmanaged_container_model`` feeds
-    upload) and the gate task (upload and what follows run inside
-    ``dsl.If(gate.output == True)``). The gate runs after the check so that a model that
-    would fail on Vertex stops the run even when its metrics are good.
+    ``build_and_check(model)`` adds the backend's build and contract check and returns the
+    task whose ``unmanaged_container_model`` feeds upload. Returns the train task, that task
+    and the gate task (upload and what follows run inside ``dsl.If(gate.output == True)``).
+    The gate runs after the check so that a model that would fail on Vertex stops the run
+    even when its metrics are good.
     """
     trained = ours["train"](**{name: shared[name] for name in TRAINING_PARAMETERS})
-    built = ours["build_image"](model=trained.outputs["model"], **build)
-    # Our own serving image is checked strictly: a hygiene finding on it is our bug.
-    checked = ours["contract_check"](
-        image_uri=built.outputs["image_uri"], model=trained.outputs["model"], strict=True
-    )
+    checked = build_and_check(trained.outputs["model"])
     gate = ours["evaluation_gate"](
         metrics=trained.outputs["metrics"],
         metric=shared["gate_metric"],
@@ -137,14 +139,16 @@ def build_pipeline(components_image: str = COMPONENTS_IMAGE, backend: str = "ver
         for name, c in {**OUR_COMPONENTS, **LOCAL_STAND_INS}.items()
     }
     if backend == "vertex":
-        return _vertex_pipeline(ours)
+        return _vertex_pipeline(ours, components_image)
     if backend == "local":
         return _local_pipeline(ours)
     raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
 
 
-def _vertex_pipeline(ours: dict[str, Any]) -> Any:
-    """The pipeline for Vertex AI Pipelines: GCPC ops for upload, endpoint, deploy, batch."""
+def _vertex_pipeline(ours: dict[str, Any], components_image: str) -> Any:
+    """The pipeline for Vertex AI Pipelines: the image built, checked and pushed in one Cloud
+    Build (``build_and_check``, the check run by ``components_image``); GCPC ops for upload,
+    endpoint, deploy, batch."""
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -213,7 +217,14 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             "repository": image_repository,
             "staging_bucket": staging_bucket,
         }
-        trained, checked, gate = _train_build_check_gate(ours, shared, build)
+
+        def checked_build(model: Any, gpu: bool = False) -> Any:
+            # Our own serving image is checked strictly: a hygiene finding on it is our bug.
+            return ours["build_and_check"](
+                model=model, gpu=gpu, checker_image=components_image, strict=True, **build
+            )
+
+        trained, checked, gate = _train_build_check_gate(ours, shared, checked_build)
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
             model = _upload(
                 checked.outputs["unmanaged_container_model"],
@@ -264,12 +275,7 @@ def _vertex_pipeline(ours: dict[str, Any]) -> Any:
             # The job takes the checked image as an UnmanagedContainerModel (GCPC's
             # alternative to a registry model), so the registry holds one image per version.
             with dsl.If(shared["framework"] == "tensorflow", name="gpu-image-for-batch"):
-                gpu_built = ours["build_image"](model=trained.outputs["model"], gpu=True, **build)
-                gpu_checked = ours["contract_check"](
-                    image_uri=gpu_built.outputs["image_uri"],
-                    model=trained.outputs["model"],
-                    strict=True,
-                )
+                gpu_checked = checked_build(trained.outputs["model"], gpu=True)
                 ModelBatchPredictOp(
                     unmanaged_container_model=gpu_checked.outputs["unmanaged_container_model"],
                     **batch_job,
@@ -316,8 +322,15 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
             batch_instances_format: ``jsonl`` or ``csv``.
             batch_size: instances per request to the container (Vertex's default is 64).
         """
-        build = {"image_name": image_name, "builder": "local"}
-        _, checked, gate = _train_build_check_gate(ours, shared, build)
+
+        def build_and_check(model: Any) -> Any:
+            built = ours["build_image"](model=model, image_name=image_name, builder="local")
+            # Our own serving image is checked strictly: a hygiene finding on it is our bug.
+            return ours["contract_check"](
+                image_uri=built.outputs["image_uri"], model=model, strict=True
+            )
+
+        _, checked, gate = _train_build_check_gate(ours, shared, build_and_check)
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
             uploaded = ours["local_model_upload"](
                 display_name=shared["model_display_name"],

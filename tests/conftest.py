@@ -1,5 +1,6 @@
-"""Fixtures every test package may use: a trained model, real server processes, the container
-engine and the serving image without a model (built once per run)."""
+"""Fixtures every test package may use: a trained model, real server processes, Google Cloud
+replaced (``fake_cloud``), the container engine and the serving image without a model (built
+once per run)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import NoReturn
 
 import httpx
 import pytest
+from google.cloud import storage
+from google.cloud.devtools import cloudbuild_v1
 
 from components.imaging import BuildError, build_serving_image, choose_base_image
 from components.runners import Engine, RunnerNotFoundError, detect_engine
+from tests.support.cloud import FakeCloud
 from tests.support.servers import (
     SERVER_ROUTES,
     LaunchedServer,
@@ -74,6 +78,27 @@ def penguins_server(penguins_model_dir: Path) -> Iterator[tuple[LaunchedServer, 
         yield server, StartupTimeline(tcp_at, codes)
     finally:
         server.kill()
+
+
+# --- Google Cloud replaced at the methods that send requests --------------------------------
+
+
+@pytest.fixture
+def fake_cloud(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeCloud]:
+    def install(statuses: list[cloudbuild_v1.Build], log_growth: list[str]) -> FakeCloud:
+        fake = FakeCloud(statuses, log_growth)
+        replaced = [
+            (storage.Blob, "upload_from_filename"),
+            (storage.Blob, "download_as_bytes"),
+            (cloudbuild_v1.CloudBuildClient, "create_build"),
+            (cloudbuild_v1.CloudBuildClient, "get_build"),
+        ]
+        for cls, name in replaced:  # each call reaches the fake with the instance it was on
+            method = getattr(fake, name)
+            monkeypatch.setattr(cls, name, lambda obj, *a, _m=method, **k: _m(obj, *a, **k))
+        return fake
+
+    return install
 
 
 # --- the container engine ----------------------------------------------------------------------

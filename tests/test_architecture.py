@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("components.vertex", "components.images", "components.files"),
     ("components.runners",),
     LIBRARY_PACKAGES,
+    ("components.checked_build",),  # joins imaging and contract
     ("components",),  # the component modules: components/<name>.py
     ("pipelines",),
     ("compile",),

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from components import vertex
+from components.build_and_check import build_and_check
 from components.build_image import build_image
 from components.contract import CheckSettings
 from components.contract_check import contract_check
@@ -29,6 +30,7 @@ COMPONENTS = {
     "train": train,
     "build_image": build_image,
     "contract_check": contract_check,
+    "build_and_check": build_and_check,
     "evaluation_gate": evaluation_gate,
     "local_model_upload": local_model_upload,
     "local_model_deploy": local_model_deploy,
@@ -90,6 +92,13 @@ def test_literal_defaults_are_the_library_constants() -> None:
     assert check["grace_period_s"] == settings.grace_period_s == vertex.GRACE_PERIOD_S
     assert check["large_model_bytes"] == vertex.LARGE_MODEL_BYTES
     assert defaults(build_image)["image_name"] == DEFAULT_IMAGE_NAME
+    checked = defaults(build_and_check)
+    same = ("port", "health_route", "predict_route", "startup_deadline_s", "grace_period_s")
+    same += ("strict", "large_model_bytes", "env")
+    assert {name: checked[name] for name in same} == {name: check[name] for name in same}
+    built = defaults(build_image)
+    for name in ("image_name", "bake_model", "gpu", "repository", "service_account"):
+        assert checked[name] == built[name], name
     batch = defaults(local_batch_predict)
     assert batch["batch_size"] == DEFAULT_BATCH_SIZE
     assert batch["workers"] == DEFAULT_WORKERS

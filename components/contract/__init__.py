@@ -4,7 +4,8 @@
 broken, and the report; ``sample`` the instances a check sends and how (one batch, each
 alone, another order); ``checker`` applies the rules to any running server over HTTP;
 ``image`` runs an image (or, in process mode, the server code) the way Vertex runs it and
-checks it.
+checks it; ``in_build`` does it as steps of the Cloud Build that builds the image;
+``outputs`` writes a component's report, metrics and container spec.
 """
 
 from components.contract.checker import CheckSettings, ServerObserver, check_server
@@ -17,6 +18,7 @@ from components.contract.image import (
     directory_bytes,
     listening_sockets,
 )
+from components.contract.outputs import publish
 from components.contract.rules import (
     CONTRACT,
     HYGIENE,
@@ -49,4 +51,5 @@ __all__ = [
     "directory_bytes",
     "explain_exit",
     "listening_sockets",
+    "publish",
 ]

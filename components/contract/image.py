@@ -8,10 +8,11 @@ with Vertex's numbers, then sends SIGTERM and times the stop. ``check_model_imag
 for a trained model's directory and, only on a pass, gives the ``containerSpec`` that upload
 reads: no container spec reaches upload without passing this check.
 
-Process mode (``runners.process``) is the weaker fallback where no container engine works,
-e.g. in a Vertex AI Pipelines task: the same rules against the same server code and model,
-started as a local process with Vertex's environment. The image itself is not run, and the
-report, its verdict line and the metrics (``process_mode: 1``) say so.
+Process mode (``runners.process``) is a weaker check, only ever chosen explicitly: the same
+rules against the same server code and model, started as a local process with Vertex's
+environment. The image itself is not run, and the report, its verdict line and the metrics
+(``process_mode: 1``) say so. On Vertex AI Pipelines the image is checked in the Cloud Build
+that builds it (``in_build``, ``components.checked_build``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from components.contract.rules import (
     ContractReport,
     RuleResult,
     explain_exit,
-    fail_result,
+    sigterm_result,
     skip_result,
 )
 from components.runners import (
@@ -217,18 +218,7 @@ def _sigterm(
     if observer.exit_note() is not None:
         return skip_result("sigterm", "the container had already exited")
     stop = server.stop(grace_period_s)
-    request = f"SIGTERM to the container's PID 1, grace period {grace_period_s:g} s"
-    if stop.killed:
-        detail = (
-            f"the container was still running {grace_period_s:g} s after SIGTERM and had to be "
-            "killed: the entrypoint ignores SIGTERM (a Python server as PID 1 needs a SIGTERM "
-            "handler, or exec form in the Dockerfile)"
-        )
-        result = fail_result("sigterm", detail)
-        result.request = request
-        return result
-    detail = f"exited with status {stop.exit_code} {stop.seconds:.2f} s after SIGTERM"
-    return RuleResult("sigterm", True, detail, request=request)
+    return sigterm_result(grace_period_s, stop.seconds, stop.exit_code, stop.killed)
 
 
 def directory_bytes(path: str | Path) -> int:
@@ -257,11 +247,7 @@ def check_model_image(
     holds at least ``large_model_bytes`` or the server took ``SLOW_STARTUP_S`` or more to
     become healthy.
     """
-    if vertex.STAND_IN_ENDPOINT_ID in health_route + predict_route:
-        raise ValueError(
-            "name the health and predict routes explicitly for upload: Vertex's default routes "
-            "contain the endpoint and deployed-model ids, which are unknown before deploy"
-        )
+    check_upload_routes(health_route, predict_route)
     settings = settings or CheckSettings()
     model = Path(model_dir)
     instances, expected, kinds = artifact.read_sample(model)
@@ -280,11 +266,51 @@ def check_model_image(
     )
     if not report.passed:
         return report, None
-    size = directory_bytes(model)
+    metadata = upload_metadata(
+        image_uri,
+        model,
+        report,
+        port=port,
+        health_route=health_route,
+        predict_route=predict_route,
+        env=env,
+        startup_deadline_s=settings.startup_deadline_s,
+        large_model_bytes=large_model_bytes,
+    )
+    return report, metadata
+
+
+def check_upload_routes(health_route: str, predict_route: str) -> None:
+    """``ValueError`` unless both routes are explicit, as a ``containerSpec`` must name them."""
+    if vertex.STAND_IN_ENDPOINT_ID in health_route + predict_route:
+        raise ValueError(
+            "name the health and predict routes explicitly for upload: Vertex's default routes "
+            "contain the endpoint and deployed-model ids, which are unknown before deploy"
+        )
+
+
+def upload_metadata(
+    image_uri: str,
+    model_dir: Path,
+    report: ContractReport,
+    *,
+    port: int,
+    health_route: str,
+    predict_route: str,
+    env: Mapping[str, str] | None,
+    startup_deadline_s: float,
+    large_model_bytes: int,
+) -> dict[str, Any]:
+    """The ``UnmanagedContainerModel`` metadata of a passing check, with a ``startupProbe``
+    when the model directory holds at least ``large_model_bytes`` or the server took
+    ``SLOW_STARTUP_S`` or more to become healthy; the report's settings say which."""
+    size = directory_bytes(model_dir)
     probe = None
     if vertex.needs_startup_probe(size, report.startup_s, large_model_bytes):
-        probe = vertex.startup_probe(health_route, port, settings.startup_deadline_s)
-    metadata = vertex.unmanaged_container_model_metadata(
+        probe = vertex.startup_probe(health_route, port, startup_deadline_s)
+    report.settings["model size (bytes)"] = size
+    report.settings["startupProbe"] = "added" if probe else "not needed"
+    return vertex.unmanaged_container_model_metadata(
         image_uri,
         port=port,
         health_route=health_route,
@@ -292,36 +318,27 @@ def check_model_image(
         env=vertex.check_user_env(env or {}),
         probe=probe,
     )
-    report.settings["model size (bytes)"] = size
-    report.settings["startupProbe"] = "added" if probe else "not needed"
-    return report, metadata
 
 
 NO_ENGINE_HINT = (
-    "contract_check runs the image, so it needs podman or docker beside it, or, as the weaker "
-    "fallback, process mode, which needs the serve extra (`pip install '.[serve]'`, as "
-    "components/Dockerfile does). Neither works here. For the full check, run it where podman "
-    "or docker works (kfp.local, or `python compile.py check-contract --image IMAGE "
-    "--model-dir DIR`); running the image itself on Google Cloud (Cloud Build steps that run "
-    "the image and the checker side by side) is not implemented yet."
+    "contract_check runs the image, so it needs podman or docker beside it, and none works "
+    "here. On Vertex AI Pipelines (no engine in a task's pod) use build_and_check, which builds, "
+    "checks and pushes the image in one Cloud Build; or check here with "
+    "`python compile.py check-contract --image IMAGE --model-dir DIR`. process_mode=True "
+    "checks the server code and the model as a local process instead: weaker, since the image "
+    "itself is not run."
 )
 
 
-def choose_check_engine() -> tuple[ServerRunner, str]:
-    """The runner for a check: ``detect_runner()``, else (no engine works) process mode.
-
-    Returns the runner and, when it fell back to process mode, a sentence saying why and what
-    that leaves unchecked (``""`` otherwise).
+def choose_check_engine(process_mode: bool = False) -> ServerRunner:
+    """The runner for a check: process mode's when asked for, else ``detect_runner()``
+    (a container engine, or process mode when ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process``).
+    Never a silent fallback: no engine is an error.
 
     Raises:
-        RuntimeError: neither works (``NO_ENGINE_HINT`` and both reasons).
+        RuntimeError: the runner does not work (``NO_ENGINE_HINT`` and the reason).
     """
     try:
-        return detect_runner(), ""
+        return ProcessRunner.create() if process_mode else detect_runner()
     except RunnerNotFoundError as exc:
-        try:
-            engine = ProcessRunner.create()
-        except RunnerNotFoundError as process_exc:
-            raise RuntimeError(f"{NO_ENGINE_HINT}\n{exc}\n{process_exc}") from exc
-        reason = str(exc).split("\n", 1)[0]
-        return engine, f"{reason}: checking in process mode. {PROCESS_MODE_NOTE}."
+        raise RuntimeError(f"{NO_ENGINE_HINT}\n{exc}") from exc

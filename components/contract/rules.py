@@ -12,6 +12,7 @@ are warnings, unless the check is strict.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import statistics
@@ -157,6 +158,14 @@ class RuleResult:
             return "PASS"
         return "FAIL" if strict or self.level == CONTRACT else "WARN"
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (``from_dict`` reads it back)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RuleResult:
+        return cls(**data)
+
     def message(self) -> str:
         """The rule, what was sent, what came back and what Vertex would do, for people."""
         lines = [f"[{self.rule}] {self.detail}"]
@@ -247,6 +256,18 @@ class ContractReport:
         """Whether the check passes: no violation."""
         return not self.violations
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, for a check that continues in another process (a Cloud Build
+        step); ``from_dict`` reads it back."""
+        data = dataclasses.asdict(self)
+        data["rules"] = [result.to_dict() for result in self.rules]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContractReport:
+        fields = {**data, "rules": [RuleResult.from_dict(r) for r in data["rules"]]}
+        return cls(**fields)
+
     def result(self, rule: str) -> RuleResult:
         """The result of one rule by name; ``KeyError`` when it was not recorded."""
         for result in self.rules:
@@ -331,6 +352,25 @@ class ContractReport:
             lines += tail_lines(self.logs, LOG_TAIL_LINES).splitlines() or ["(no output)"]
             lines += ["```"]
         return "\n".join([*lines, ""])
+
+
+def sigterm_result(
+    grace_period_s: float, seconds: float, exit_code: int | None, killed: bool
+) -> RuleResult:
+    """The verdict on a SIGTERM sent to the container's PID 1: it must exit within the grace
+    period (``killed``: it did not, and was killed)."""
+    request = f"SIGTERM to the container's PID 1, grace period {grace_period_s:g} s"
+    if killed:
+        detail = (
+            f"the container was still running {grace_period_s:g} s after SIGTERM and had to be "
+            "killed: the entrypoint ignores SIGTERM (a Python server as PID 1 needs a SIGTERM "
+            "handler, or exec form in the Dockerfile)"
+        )
+        result = fail_result("sigterm", detail)
+        result.request = request
+        return result
+    detail = f"exited with status {exit_code} {seconds:.2f} s after SIGTERM"
+    return RuleResult("sigterm", True, detail, request=request)
 
 
 def explain_exit(status: int, logs: str, what: str = "The container") -> str:

@@ -13,12 +13,13 @@ import re
 import tempfile
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.imaging.context import assemble_build_context, pack_context
+from components.imaging.context import add_check_sample, assemble_build_context, pack_context
 from components.imaging.local import REGISTRY_BASE_IMAGE
 from components.imaging.names import (
     ArtifactRegistryImage,
@@ -27,15 +28,14 @@ from components.imaging.names import (
     artifact_registry_image,
     parse_staging_bucket,
 )
-from components.imaging.plan import BuiltImage, default_tag, prepare
+from components.imaging.plan import BuildPlan, BuiltImage, default_tag, prepare
+from components.vertex import CLOUD_BUILD_DOCKER
 
 if TYPE_CHECKING:  # imported where used: google-cloud-build takes ~1 s to import
     from google.cloud.devtools import cloudbuild_v1
 
 logger = logging.getLogger(__name__)
 
-CLOUD_BUILD_DOCKER = "gcr.io/cloud-builders/docker"
-"""The builder image of the Cloud Build step (Docker CLI with the worker's daemon)."""
 CLOUD_BUILD_STEP_ID = "build-serving-image"
 CLOUD_BUILD_TAG = "train-to-serve"
 """Build tag (not a Docker tag) that finds our builds: ``gcloud builds list --filter tags=...``."""
@@ -61,6 +61,8 @@ def cloud_build_request(
     timeout_s: int = CLOUD_BUILD_TIMEOUT_S,
     service_account: str = "",
     machine_type: str = "",
+    extra_steps: Sequence[cloudbuild_v1.BuildStep] = (),
+    artifacts: cloudbuild_v1.Artifacts | None = None,
 ) -> cloudbuild_v1.CreateBuildRequest:
     """The ``CreateBuildRequest`` that builds and pushes the serving image (pure, offline).
 
@@ -82,6 +84,9 @@ def cloud_build_request(
             empty: the project's default Cloud Build service account.
         machine_type: a ``BuildOptions.MachineType`` name (e.g. ``E2_HIGHCPU_8``); empty: the
             default worker.
+        extra_steps: steps after the build step (a contract check of the built image, say);
+            the image is pushed only if every step succeeds.
+        artifacts: files from the workspace to copy to Cloud Storage after a success.
     """
     from google.cloud.devtools import cloudbuild_v1
 
@@ -111,9 +116,11 @@ def cloud_build_request(
                 name=CLOUD_BUILD_DOCKER,
                 args=args,
                 env=["DOCKER_BUILDKIT=1"],
-            )
+            ),
+            *extra_steps,
         ],
         images=[image.uri],
+        artifacts=artifacts,
         logs_bucket=staging.logs_uri,
         options=options,
         timeout=timedelta(seconds=timeout_s),
@@ -128,13 +135,18 @@ def cloud_build_request(
 
 
 class _LogTail:
-    """Reads a Cloud Build log object as it grows; keeps each step's last lines."""
+    """Reads a Cloud Build log object as it grows; keeps each step's last lines, and every
+    line of the steps in ``full_steps`` (indexes)."""
 
-    def __init__(self, blob: Any, keep: int = LOG_LINES_PER_STEP) -> None:
+    def __init__(
+        self, blob: Any, keep: int = LOG_LINES_PER_STEP, full_steps: Collection[int] = ()
+    ) -> None:
         self.blob = blob
         self.offset = 0
         self.partial = b""
         self.by_step: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=keep))
+        self.full_steps = set(full_steps)
+        self.full: dict[int, list[str]] = defaultdict(list)
 
     def read(self, final: bool = False) -> list[str]:
         """The complete lines written since the last call (all of them when ``final``)."""
@@ -153,6 +165,8 @@ class _LogTail:
             match = _LOG_STEP_RE.match(line)
             if match:
                 self.by_step[int(match["index"])].append(match["text"])
+                if int(match["index"]) in self.full_steps:
+                    self.full[int(match["index"])].append(match["text"])
         return text
 
 
@@ -182,6 +196,145 @@ def _failure_message(build: cloudbuild_v1.Build, log: _LogTail) -> str:
     return "\n".join(lines)
 
 
+def stage_context(
+    model_dir: str | Path,
+    bake_model: bool,
+    staging: StagingLocation,
+    bucket: Any,
+    *,
+    check_sample: bool = False,
+) -> str:
+    """Pack the build context (with the model when ``bake_model``, with its sample as
+    ``check-sample/`` when ``check_sample``) and upload it to
+    ``{staging}/train-to-serve/build-image/contexts/<sha256>.tar.gz`` (skipped when that
+    object exists: same name, same bytes); return the object name."""
+    from google.api_core import exceptions
+
+    with tempfile.TemporaryDirectory(prefix="tts-cloud-build-") as scratch:
+        context = assemble_build_context(
+            Path(scratch) / "context", model_dir if bake_model else None
+        )
+        if check_sample:
+            add_check_sample(context, model_dir)
+        packed = Path(scratch) / "context.tar.gz"
+        context_object = staging.context_object(pack_context(context, packed))
+        try:
+            bucket.blob(context_object).upload_from_filename(str(packed), if_generation_match=0)
+            logger.info(
+                "uploaded the build context (%.1f MB) to gs://%s/%s",
+                packed.stat().st_size / 1e6,
+                staging.bucket,
+                context_object,
+            )
+        except exceptions.PreconditionFailed:
+            logger.info("build context already at gs://%s/%s", staging.bucket, context_object)
+    return context_object
+
+
+@dataclass
+class FinishedBuild:
+    """A build that ended, whatever its status, with what its log said."""
+
+    build: cloudbuild_v1.Build
+    log: _LogTail
+
+    @property
+    def status(self) -> str:
+        return type(self.build).Status(self.build.status).name
+
+    def failure(self) -> str:
+        """Why it failed: status, failing step, that step's last output lines, log URL."""
+        return _failure_message(self.build, self.log)
+
+    def digest(self, image_uri: str) -> str:
+        """The digest Cloud Build recorded for the pushed ``image_uri`` (``""`` if none)."""
+        digests = [i.digest for i in self.build.results.images if i.name == image_uri]
+        return next((digest for digest in digests if digest), "")
+
+
+def follow_build(
+    request: cloudbuild_v1.CreateBuildRequest,
+    bucket: Any,
+    staging: StagingLocation,
+    *,
+    credentials: Any = None,
+    poll_seconds: float = 5.0,
+    on_line: Callable[[str], None] | None = None,
+    full_output_steps: Collection[int] = (),
+) -> FinishedBuild:
+    """Create the build and follow it to its end: status changes are logged with the log
+    URL, the log's new lines (``Step #0 - "build-serving-image": STEP 3/9 ...``) passed to
+    ``on_line`` as Cloud Build writes them to the staging bucket; every line of the steps in
+    ``full_output_steps`` (indexes) is kept."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    emit = on_line or (lambda line: logger.info("%s", line))
+    started = time.monotonic()
+    client = cloudbuild_v1.CloudBuildClient(credentials=credentials)
+    operation = client.create_build(request=request)
+    build = operation.metadata.build
+    name = f"{request.parent}/builds/{build.id}"
+    logger.info("Cloud Build %s started; log: %s", build.id, build.log_url)
+    log = _LogTail(bucket.blob(staging.log_object(build.id)), full_steps=full_output_steps)
+    status = ""
+    while True:
+        build = client.get_build(
+            request=cloudbuild_v1.GetBuildRequest(
+                name=name, project_id=request.project_id, id=build.id
+            )
+        )
+        now = cloudbuild_v1.Build.Status(build.status).name
+        done = now in TERMINAL_STATUSES
+        for line in log.read(final=done):
+            emit(line)
+        if now != status:
+            status = now
+            logger.info("Cloud Build %s: %s (%.0f s)", build.id, status, time.monotonic() - started)
+        if done:
+            return FinishedBuild(build, log)
+        time.sleep(poll_seconds)
+
+
+@dataclass(frozen=True)
+class CloudBuildTarget:
+    """What a Cloud Build of a model's image works with: the plan (framework, labels), the
+    Artifact Registry image, the staging location and its bucket."""
+
+    plan: BuildPlan
+    image: ArtifactRegistryImage
+    staging: StagingLocation
+    bucket: Any
+
+    @classmethod
+    def of(
+        cls,
+        model_dir: str | Path,
+        image_name: str,
+        *,
+        project: str,
+        location: str,
+        repository: str,
+        staging_bucket: str,
+        bake_model: bool,
+        gpu: bool,
+        credentials: Any = None,
+    ) -> CloudBuildTarget:
+        """Check the model and the names (``BuildImageInputError`` before any request)."""
+        from google.cloud import storage
+
+        plan = prepare(model_dir, bake_model, gpu)
+        image = artifact_registry_image(
+            image_name,
+            project=project,
+            location=location,
+            repository=repository,
+            default_tag=default_tag(plan.manifest, bake_model, gpu),
+        )
+        staging = parse_staging_bucket(staging_bucket)
+        client = storage.Client(project=image.project, credentials=credentials)
+        return cls(plan, image, staging, client.bucket(staging.bucket))
+
+
 def build_with_cloud_build(
     model_dir: str | Path,
     image_name: str,
@@ -202,12 +355,8 @@ def build_with_cloud_build(
 ) -> BuiltImage:
     """Build the serving image with Cloud Build and push it to Artifact Registry.
 
-    Packs the build context (``pack_context``) and uploads it to
-    ``{staging_bucket}/train-to-serve/build-image/contexts/<sha256>.tar.gz`` (skipped when that
-    object exists: same name, same bytes), creates the build (``cloud_build_request``) in
-    ``location``, then polls it: status changes are logged with the log URL, and the build
-    log's new lines (``Step #0 - "build-serving-image": STEP 3/9 ...``) are passed to
-    ``on_line`` as Cloud Build writes them to the staging bucket.
+    Stages the build context (``stage_context``), creates the build
+    (``cloud_build_request``) in ``location`` and follows it (``follow_build``).
 
     Args:
         model_dir: the model directory (for a baked image it is copied into the context).
@@ -236,83 +385,63 @@ def build_with_cloud_build(
         CloudBuildError: the build did not succeed; the message has the failing step's
             output and the log URL.
     """
-    from google.api_core import exceptions
-    from google.cloud import storage
-    from google.cloud.devtools import cloudbuild_v1
-
-    emit = on_line or (lambda line: logger.info("%s", line))
-    plan = prepare(model_dir, bake_model, gpu)
-    image = artifact_registry_image(
+    started = time.monotonic()
+    target = CloudBuildTarget.of(
+        model_dir,
         image_name,
         project=project,
         location=location,
         repository=repository,
-        default_tag=default_tag(plan.manifest, bake_model, gpu),
+        staging_bucket=staging_bucket,
+        bake_model=bake_model,
+        gpu=gpu,
+        credentials=credentials,
     )
-    staging = parse_staging_bucket(staging_bucket)
-    started = time.monotonic()
-    storage_client = storage.Client(project=image.project, credentials=credentials)
-    bucket = storage_client.bucket(staging.bucket)
-    with tempfile.TemporaryDirectory(prefix="tts-cloud-build-") as scratch:
-        context = assemble_build_context(
-            Path(scratch) / "context", model_dir if bake_model else None
-        )
-        packed = Path(scratch) / "context.tar.gz"
-        context_object = staging.context_object(pack_context(context, packed))
-        try:
-            bucket.blob(context_object).upload_from_filename(str(packed), if_generation_match=0)
-            logger.info(
-                "uploaded the build context (%.1f MB) to gs://%s/%s",
-                packed.stat().st_size / 1e6,
-                staging.bucket,
-                context_object,
-            )
-        except exceptions.PreconditionFailed:
-            logger.info("build context already at gs://%s/%s", staging.bucket, context_object)
+    image, staging, bucket = target.image, target.staging, target.bucket
+    context_object = stage_context(model_dir, bake_model, staging, bucket)
     request = cloud_build_request(
         image,
         staging,
         context_object,
-        build_args={"BASE_IMAGE": base_image, "FRAMEWORK": plan.framework},
-        labels=plan.labels,
+        build_args={"BASE_IMAGE": base_image, "FRAMEWORK": target.plan.framework},
+        labels=target.plan.labels,
         timeout_s=timeout_s,
         service_account=service_account,
         machine_type=machine_type,
     )
-    client = cloudbuild_v1.CloudBuildClient(credentials=credentials)
-    operation = client.create_build(request=request)
-    build = operation.metadata.build
-    name = f"{request.parent}/builds/{build.id}"
-    logger.info("Cloud Build %s started for %s; log: %s", build.id, image.uri, build.log_url)
-    log = _LogTail(bucket.blob(staging.log_object(build.id)))
-    status = ""
-    while True:
-        build = client.get_build(
-            request=cloudbuild_v1.GetBuildRequest(name=name, project_id=image.project, id=build.id)
-        )
-        now = cloudbuild_v1.Build.Status(build.status).name
-        done = now in TERMINAL_STATUSES
-        for line in log.read(final=done):
-            emit(line)
-        if now != status:
-            status = now
-            logger.info("Cloud Build %s: %s (%.0f s)", build.id, status, time.monotonic() - started)
-        if done:
-            break
-        time.sleep(poll_seconds)
-    if status != "SUCCESS":
-        raise CloudBuildError(_failure_message(build, log))
-    digests = [i.digest for i in build.results.images if i.name == image.uri and i.digest]
-    if not digests:
+    finished = follow_build(
+        request,
+        bucket,
+        staging,
+        credentials=credentials,
+        poll_seconds=poll_seconds,
+        on_line=on_line,
+    )
+    return pushed_image(finished, image, started)
+
+
+def pushed_image(
+    finished: FinishedBuild, image: ArtifactRegistryImage, started: float
+) -> BuiltImage:
+    """The image a successful build pushed, pinned by its digest.
+
+    Raises:
+        CloudBuildError: the build failed, or recorded no digest for the image.
+    """
+    if finished.status != "SUCCESS":
+        raise CloudBuildError(finished.failure())
+    digest = finished.digest(image.uri)
+    if not digest:
         raise CloudBuildError(
-            f"Cloud Build {build.id} succeeded but recorded no digest for {image.uri}; "
-            f"results: {list(build.results.images)}; log: {build.log_url}"
+            f"Cloud Build {finished.build.id} succeeded but recorded no digest for "
+            f"{image.uri}; results: {list(finished.build.results.images)}; "
+            f"log: {finished.build.log_url}"
         )
-    reference = image.pinned(digests[0])
+    reference = image.pinned(digest)
     logger.info("pushed %s", reference)
     return BuiltImage(
         reference=reference,
-        digest=digests[0],
+        digest=digest,
         builder="cloud-build",
         seconds=time.monotonic() - started,
         tagged=image.uri,

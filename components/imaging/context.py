@@ -2,7 +2,8 @@
 
 A context holds the serving image's ``Dockerfile``, ``requirements*.txt`` (the ``FRAMEWORK``
 build argument picks among them) and the ``server/`` package, and optionally a model
-directory as ``model/`` (baked into the image at ``/model``).
+directory as ``model/`` (baked into the image at ``/model``) and the model's sample as
+``check-sample/`` (for a contract check in the same build; the image does not copy it).
 """
 
 from __future__ import annotations
@@ -62,6 +63,21 @@ def assemble_build_context(
             raise BuildImageInputError(f"model directory {model} does not exist")
         shutil.copytree(model, out / "model")
     return out
+
+
+CHECK_SAMPLE_DIR = "check-sample"
+"""The context directory with the model's sample, for a check that runs in the build."""
+
+
+def add_check_sample(context_dir: str | Path, model_dir: str | Path) -> str:
+    """Copy the model's sample instances, expected predictions and manifest (whichever exist)
+    into ``context_dir/CHECK_SAMPLE_DIR``; return that directory's path in the context."""
+    sample = Path(context_dir) / CHECK_SAMPLE_DIR
+    sample.mkdir()
+    for name in (artifact.INSTANCES_FILE, artifact.EXPECTED_FILE, artifact.MANIFEST_FILE):
+        if (Path(model_dir) / name).is_file():
+            shutil.copy2(Path(model_dir) / name, sample / name)
+    return CHECK_SAMPLE_DIR
 
 
 def _reset_tar_info(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -70,10 +70,14 @@ class StagingLocation:
         """The object name of a packed build context, named by its content."""
         return self.object_name("contexts", f"{context_sha256}.tar.gz")
 
+    def uri(self, *parts: str) -> str:
+        """``gs://bucket/...`` of an object name (or folder) under the prefix."""
+        return f"gs://{self.bucket}/{self.object_name(*parts)}"
+
     @property
     def logs_uri(self) -> str:
         """``Build.logs_bucket``: Cloud Build writes ``{logs_uri}/log-{build_id}.txt``."""
-        return f"gs://{self.bucket}/{self.object_name('logs')}"
+        return self.uri("logs")
 
     def log_object(self, build_id: str) -> str:
         """The object name of a build's log."""

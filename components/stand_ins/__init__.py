@@ -4,7 +4,8 @@
 one machine: ``registry`` (model versions and aliases), ``serving`` (a version's server started
 as Vertex starts it), ``endpoints`` (deploy, predict, undeploy), ``batch_inputs``, ``sender``
 and ``batch_runner`` (batch prediction against any server), ``batch_job`` (a version's batch
-job), with Vertex-shaped ``resources`` names and one ``errors`` hierarchy.
+job), with Vertex-shaped ``resources`` names and one ``errors`` hierarchy; and ``cloud_build``,
+a Cloud Build config run on this machine (steps as containers, nothing pushed).
 """
 
 from components.stand_ins.batch_inputs import (
@@ -21,6 +22,7 @@ from components.stand_ins.batch_runner import (
     BatchSummary,
     run_batch,
 )
+from components.stand_ins.cloud_build import LocalBuild, LocalBuildError, run_build
 from components.stand_ins.endpoints import (
     ENDPOINT_LABEL,
     LocalEndpoint,
@@ -59,6 +61,8 @@ __all__ = [
     "EndpointError",
     "EndpointInputError",
     "FieldSelection",
+    "LocalBuild",
+    "LocalBuildError",
     "LocalEndpoint",
     "RegisteredVersion",
     "RegistryError",
@@ -76,6 +80,7 @@ __all__ = [
     "read_records",
     "resolve_inputs",
     "run_batch",
+    "run_build",
     "undeploy",
     "upload_model",
 ]

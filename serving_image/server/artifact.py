@@ -106,6 +106,8 @@ def read_manifest(model_dir: str | Path) -> dict[str, Any]:
         raise ManifestError(
             f"{path} not found: the model directory must be the output of the train component"
         ) from None
+    except OSError as exc:  # unreadable for this user, a directory, ...
+        raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as exc:

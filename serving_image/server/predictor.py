@@ -308,15 +308,15 @@ def preimport(model_source: str) -> list[str]:
     will need, so that processes forked afterwards share it; return the modules imported.
 
     Nothing for a ``gs://`` source (not downloaded yet), another framework (TensorFlow's
-    runtime is not safe to fork once started) or an unreadable manifest (the load reports
-    it); only ``sklearn`` modules are taken from the manifest.
+    runtime is not safe to fork once started) or a manifest it cannot read (the workers'
+    load reports why, with health at 503); only ``sklearn`` modules are taken from it.
     """
     directory = Path(model_source)
     if model_source.startswith("gs://") or not directory.is_dir():
         return []
     try:
         manifest = artifact.read_manifest(directory)
-    except artifact.ManifestError:
+    except artifact.ManifestError:  # the workers' load reports it, with health at 503
         return []
     if manifest["framework"] != "scikit-learn":
         return []

@@ -19,18 +19,17 @@ def test_the_component_declares_the_artifacts_upload_needs():
     }
     assert spec.inputs["model"].type == "system.Model@0.0.1"
     assert spec.inputs["image_uri"].type == "String"
-    assert "no container" in contract_check.description
+    assert "A Vertex AI Pipelines task has no container engine" in contract_check.description
+    assert spec.inputs["process_mode"].default is False
 
 
-@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
-def test_the_component_without_a_container_engine_checks_in_process_mode_as_on_vertex(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
-    penguins_model_dir: Path,
-):
-    """A Vertex AI Pipelines pod has no podman or docker: the task falls back to process mode
-    and says so in its log, report and metrics; the spec still names the image given."""
+KFP_BASE_IMAGE_WARNING = "ignore:You may be attemping to run a task:RuntimeWarning"
+
+
+def _run_without_an_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_dir: Path, **arguments: bool
+) -> None:
+    """``contract_check`` under kfp.local with no container engine (as in a Vertex pod)."""
     from kfp import dsl, local
 
     monkeypatch.setenv("TRAIN_TO_SERVE_CONTAINER_ENGINE", str(tmp_path / "no-engine"))
@@ -43,12 +42,38 @@ def test_the_component_without_a_container_engine_checks_in_process_mode_as_on_v
 
     @dsl.pipeline(name="no-engine")
     def no_engine() -> None:
-        imported = dsl.importer(artifact_uri=str(penguins_model_dir), artifact_class=dsl.Model)
-        contract_check(image_uri="registry.example/serving:1", model=imported.output)
+        imported = dsl.importer(artifact_uri=str(model_dir), artifact_class=dsl.Model)
+        contract_check(image_uri="registry.example/serving:1", model=imported.output, **arguments)
 
     no_engine()
+
+
+@pytest.mark.filterwarnings(KFP_BASE_IMAGE_WARNING)
+def test_without_a_container_engine_the_component_fails_instead_of_checking_less(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    penguins_model_dir: Path,
+):
+    """No silent fallback: an unchecked image never reaches upload."""
+    with pytest.raises(RuntimeError):
+        _run_without_an_engine(tmp_path, monkeypatch, penguins_model_dir)
+
     output = "".join(capfd.readouterr())
-    assert "no working container engine" in output and "checking in process mode" in output
+    assert "needs podman or docker beside it" in output and "use build_and_check" in output
+    assert not list((tmp_path / "root").rglob("executor_output.json"))
+
+
+@pytest.mark.filterwarnings(KFP_BASE_IMAGE_WARNING)
+def test_process_mode_asked_for_checks_the_server_code_and_says_so(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    penguins_model_dir: Path,
+):
+    _run_without_an_engine(tmp_path, monkeypatch, penguins_model_dir, process_mode=True)
+
+    output = "".join(capfd.readouterr())
     assert PROCESS_MODE_NOTE in output  # the verdict line
     (report,) = (tmp_path / "root").rglob("contract-check/report")
     assert PROCESS_MODE_NOTE in report.read_text()

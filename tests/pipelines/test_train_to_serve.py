@@ -58,6 +58,7 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
         == 0
     )
     assert sorted(p.name for p in (out / "components").iterdir()) == [
+        "build_and_check.yaml",
         "build_image.yaml",
         "contract_check.yaml",
         "evaluation_gate.yaml",
@@ -101,10 +102,10 @@ def test_dag_order(spec: dict) -> None:
     uploads = [n for n, c in by_component.items() if c.startswith("comp-model-upload")]
     assert len(uploads) == 2  # new model, or new version of parent_model
     for upload in uploads:
-        assert {"train", "build-image", "contract-check", "evaluation-gate"} <= _upstream(
-            tasks, upload
-        )
-    assert {"train", "build-image"} <= _upstream(tasks, "contract-check")
+        assert {"train", "build-and-check", "evaluation-gate"} <= _upstream(tasks, upload)
+    assert "train" in _upstream(tasks, "build-and-check")
+    # On Vertex no task checks an image it did not build: no process-mode contract check.
+    assert not {"build-image", "contract-check"} & set(tasks)
     deploy, batch, gpu_batch = "model-deploy", "model-batch-predict-2", "model-batch-predict"
     for task in (deploy, batch):
         assert "evaluation-gate" in _upstream(tasks, task)
@@ -119,12 +120,12 @@ def test_dag_order(spec: dict) -> None:
         "unmanaged_container_model": {
             "taskOutputArtifact": {
                 "outputArtifactKey": "unmanaged_container_model",
-                "producerTask": "contract-check-2",
+                "producerTask": "build-and-check-2",
             }
         }
     }
-    assert {"build-image-2", "evaluation-gate"} <= _upstream(tasks, "contract-check-2")
-    assert tasks["build-image-2"]["inputs"]["parameters"]["gpu"] == {
+    assert "evaluation-gate" in _upstream(tasks, "build-and-check-2")
+    assert tasks["build-and-check-2"]["inputs"]["parameters"]["gpu"] == {
         "runtimeValue": {"constant": True}
     }
     branches = {tasks[gpu_batch]["group"], tasks[batch]["group"]}
@@ -140,6 +141,32 @@ def test_dag_order(spec: dict) -> None:
     }
 
 
+def test_upload_takes_its_container_spec_only_from_a_passing_checked_build(spec: dict) -> None:
+    """Every upload's (and the GPU batch job's) ``unmanaged_container_model`` is the output of
+    ``build_and_check``, which writes it only when the check of the pushed digest passed, and
+    whose check runs in the components image, strictly."""
+    tasks = _tasks(spec)
+    image = "europe-west4-docker.pkg.dev/my-project/train-to-serve/components:0.1.0"
+    for name in ("build-and-check", "build-and-check-2"):
+        parameters = tasks[name]["inputs"]["parameters"]
+        assert parameters["checker_image"] == {"runtimeValue": {"constant": image}}
+        assert parameters["strict"] == {"runtimeValue": {"constant": True}}
+    consumers = {
+        name: task["inputs"]["artifacts"]["unmanaged_container_model"]
+        for name, task in tasks.items()
+        if "unmanaged_container_model" in task.get("inputs", {}).get("artifacts", {})
+    }
+    assert len(consumers) == 3  # two uploads (new model, new version), the GPU batch job
+    for name, source in consumers.items():
+        group = tasks[name]["group"]
+        while "componentInputArtifact" in source:  # passed into a condition group: follow it
+            parent = next(t for t in tasks.values() if t["componentRef"]["name"] == group)
+            source = parent["inputs"]["artifacts"][source["componentInputArtifact"]]
+            group = parent["group"]
+        producer = source["taskOutputArtifact"]["producerTask"]
+        assert tasks[producer]["componentRef"]["name"].startswith("comp-build-and-check"), name
+
+
 def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
     root = spec["root"]["dag"]["tasks"]
     gate_groups = [t for t in root.values() if "triggerPolicy" in t]
@@ -152,10 +179,9 @@ def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
         "model-batch-predict",
         "model-batch-predict-2",
         "endpoint-create",
-        "build-image-2",
-        "contract-check-2",
+        "build-and-check-2",
     } <= inside
-    assert not {"train", "build-image", "contract-check", "evaluation-gate"} & inside
+    assert not {"train", "build-and-check", "evaluation-gate"} & inside
 
 
 def test_the_local_backend_compiles_the_same_dag_with_the_stand_ins(tmp_path: Path) -> None:
@@ -222,11 +248,9 @@ def test_our_tasks_run_in_the_components_image(spec: dict) -> None:
     executors = spec["deploymentSpec"]["executors"]
     ours = [
         "exec-train",
-        "exec-build-image",
-        "exec-contract-check",
+        "exec-build-and-check",
         "exec-evaluation-gate",
-        "exec-build-image-2",  # the GPU variant for a TensorFlow model's batch job
-        "exec-contract-check-2",
+        "exec-build-and-check-2",  # the GPU variant for a TensorFlow model's batch job
     ]
     for name in ours:
         assert executors[name]["container"]["image"] == (

@@ -70,6 +70,15 @@ def wrong_manifest_version(model_dir: Path, tmp_path: Path) -> tuple[str, dict[s
     return str(copy), {}
 
 
+def unreadable_manifest(model_dir: Path, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A manifest the server cannot read (a directory: root reads any file): before the
+    master forked its workers it read the manifest to import their libraries, and crashed."""
+    copy = _copy(model_dir, tmp_path)
+    (copy / artifact.MANIFEST_FILE).unlink()
+    (copy / artifact.MANIFEST_FILE).mkdir()
+    return str(copy), {}
+
+
 def unreachable_storage(model_dir: Path, tmp_path: Path) -> tuple[str, dict[str, str]]:
     """A gs:// URI whose storage endpoint is a closed port, retried for 2 s."""
     closed = f"http://127.0.0.1:{free_local_port()}"
@@ -83,6 +92,7 @@ FAULTS = {
     "model directory missing": (missing_directory, "does not exist or is not a directory"),
     "model file missing": (missing_model_file, "model file 'model.joblib' not found in"),
     "model file corrupt": (corrupt_model_file, "cannot load"),
+    "manifest unreadable": (unreadable_manifest, "cannot read"),
     "wrong manifest version": (
         wrong_manifest_version,
         f"manifest_version {artifact.MANIFEST_VERSION + 1} is not supported",
