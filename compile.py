@@ -153,6 +153,12 @@ def _add_compile(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--components-image", help="image URI our components run in")
     parser.add_argument("--project", help="derive the components image from this project")
     parser.add_argument("--region", default="us-central1", help="region of that image")
+    parser.add_argument(
+        "--cache-training",
+        action="store_true",
+        help="let a run with the same inputs reuse an earlier run's trained model (off by "
+        "default: a scheduled run must retrain on the data behind the same URI)",
+    )
     parser.set_defaults(handler=_compile)
 
 
@@ -162,6 +168,7 @@ def _compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
     from components.images import COMPONENTS_IMAGE, with_image
+    from pipelines.parameters import caching_note
     from pipelines.train_to_serve import OUR_COMPONENTS, build_pipeline
 
     if args.components_image:
@@ -181,7 +188,8 @@ def _compile(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), str(args.output))
+    pipeline = build_pipeline(image, cache_training=args.cache_training)
+    compiler.Compiler().compile(pipeline, str(args.output))
     components_dir = args.components_dir or args.output.parent / "components"
     components_dir.mkdir(parents=True, exist_ok=True)
     for name, component in OUR_COMPONENTS.items():
@@ -190,6 +198,7 @@ def _compile(args: argparse.Namespace) -> int:
         )
     print(f"wrote {args.output} and {len(OUR_COMPONENTS)} component YAMLs in {components_dir}")
     print(f"components image: {image}")
+    print(caching_note(args.output, None))
     return 0
 
 
@@ -226,19 +235,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="run label; repeatable"
     )
-    caching = parser.add_mutually_exclusive_group()
-    caching.add_argument(
-        "--cache",
-        dest="enable_caching",
-        action="store_true",
-        default=None,
-        help="force caching on for every task",
-    )
-    caching.add_argument(
+    parser.add_argument(
         "--no-cache",
         dest="enable_caching",
         action="store_false",
-        help="force caching off for every task (recommended for scheduled retraining)",
+        default=None,
+        help="caching off for every task; by default the compiled policy holds: tasks that "
+        "create or change resources never cached, train only when compiled with "
+        "--cache-training",
     )
 
 
@@ -290,10 +294,12 @@ def _add_submit(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from pipelines.parameters import caching_note
     from pipelines.vertex_jobs import submit
 
     job = submit(_run_settings(args))
     print(f"submitted {job.resource_name}")
+    print(caching_note(args.template, args.enable_caching))
     return 0
 
 
@@ -334,6 +340,7 @@ def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _schedule_create(args: argparse.Namespace) -> int:
+    from pipelines.parameters import caching_note
     from pipelines.vertex_jobs import ScheduleSettings, create_schedule
 
     created = create_schedule(
@@ -350,6 +357,7 @@ def _schedule_create(args: argparse.Namespace) -> int:
         ),
     )
     print(f"created schedule {created.resource_name}")
+    print(caching_note(args.template, args.enable_caching))
     return 0
 
 

@@ -15,7 +15,7 @@ from kfp.dsl import Input, Markdown, Metrics, Model, Output
 from components.images import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=COMPONENTS_IMAGE)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def build_and_check(
     model: Input[Model],
     project: str,

@@ -13,7 +13,7 @@ from kfp.dsl import Input, Model
 from components.images import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=COMPONENTS_IMAGE)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def build_image(
     model: Input[Model],
     image_name: str = "train-to-serve-model",  # literal: KFP captures only the function

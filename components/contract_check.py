@@ -11,7 +11,7 @@ from kfp.dsl import Input, Markdown, Metrics, Model, Output
 from components.images import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=COMPONENTS_IMAGE)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def contract_check(
     image_uri: str,
     model: Input[Model],

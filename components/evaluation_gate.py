@@ -12,7 +12,7 @@ from kfp.dsl import Input, Metrics
 from components.images import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=COMPONENTS_IMAGE)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def evaluation_gate(metrics: Input[Metrics], metric: str, threshold: float) -> bool:
     """Evaluation gate: does the model's ``metric`` meet ``threshold``?
 

@@ -10,7 +10,7 @@ from kfp.dsl import Artifact, Input, Output
 from components.images import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=COMPONENTS_IMAGE)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def local_batch_predict(
     model: Input[Artifact],
     registry_dir: str,

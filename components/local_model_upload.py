@@ -10,7 +10,7 @@ from kfp.dsl import Artifact, Input, Output
 from components.images import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=COMPONENTS_IMAGE)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def local_model_upload(
     display_name: str,
     unmanaged_container_model: Input[Artifact],

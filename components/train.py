@@ -10,7 +10,7 @@ from kfp.dsl import ClassificationMetrics, Metrics, Model, Output
 from components.images import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=COMPONENTS_IMAGE)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def train(
     model: Output[Model],
     metrics: Output[Metrics],

@@ -156,6 +156,38 @@ def root_parameters(template: str | Path) -> dict[str, dict[str, Any]]:
     return dict(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
 
 
+def cached_tasks(template: str | Path) -> list[str]:
+    """The tasks of a compiled pipeline whose caching is on (a run with the same inputs reuses
+    their earlier outputs), in the order the DAGs list them, condition groups left out."""
+    spec = _spec(template)
+    components = spec.get("components", {})
+    found: list[str] = []
+
+    def walk(dag: dict[str, Any]) -> None:
+        for name, task in dag.get("tasks", {}).items():
+            component = components.get(task["componentRef"]["name"], {})
+            if "dag" in component:
+                walk(component["dag"])
+            elif task.get("cachingOptions", {}).get("enableCache"):
+                found.append(name)
+
+    walk(spec["root"]["dag"])
+    return found
+
+
+def caching_note(template: str | Path, enable_caching: bool | None) -> str:
+    """One line on what a run of ``template`` may take from the cache."""
+    if enable_caching is False:
+        return "caching: off for every task (--no-cache)"
+    cached = cached_tasks(template)
+    if not cached:
+        return "caching: off for every task"
+    return (
+        f"caching: only {', '.join(cached)} may reuse an earlier run's outputs (same inputs); "
+        "every task that creates or changes a resource runs each time"
+    )
+
+
 def pipeline_name(template: str | Path) -> str:
     """The ``pipelineInfo.name`` of a compiled pipeline."""
     return str(_spec(template).get("pipelineInfo", {}).get("name", ""))

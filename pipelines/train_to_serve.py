@@ -22,7 +22,7 @@ In both, the only way a container spec reaches upload is the contract check's
 ``UnmanagedContainerModel`` output.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
@@ -65,6 +65,14 @@ LOCAL_PIPELINE_NAME = f"{PIPELINE_NAME}-local"
 DISPLAY_NAME_HINT = "letters, digits, spaces, '-', '_' and '.' only"
 
 
+def never_cached(task: Any) -> Any:
+    """``task`` with caching off: it creates or changes something (an image, a model version,
+    an endpoint, a deployment, a job), so a cache hit would skip work a run must do, or hand
+    on a resource that no longer exists."""
+    task.set_caching_options(False)
+    return task
+
+
 def _upload(
     unmanaged_container_model: Any,
     *,
@@ -85,27 +93,34 @@ def _upload(
             artifact_class=VertexModel,
             metadata={"resourceName": parent_model},
         )
-        as_version = ModelUploadOp(
-            project=project,
-            location=location,
-            display_name=display_name,
-            parent_model=parent.output,
-            unmanaged_container_model=unmanaged_container_model,
-            version_aliases=version_aliases,
+        as_version = never_cached(
+            ModelUploadOp(
+                project=project,
+                location=location,
+                display_name=display_name,
+                parent_model=parent.output,
+                unmanaged_container_model=unmanaged_container_model,
+                version_aliases=version_aliases,
+            )
         )
     with dsl.Else(name="new-model"):
-        as_model = ModelUploadOp(
-            project=project,
-            location=location,
-            display_name=display_name,
-            unmanaged_container_model=unmanaged_container_model,
-            version_aliases=version_aliases,
+        as_model = never_cached(
+            ModelUploadOp(
+                project=project,
+                location=location,
+                display_name=display_name,
+                unmanaged_container_model=unmanaged_container_model,
+                version_aliases=version_aliases,
+            )
         )
     return dsl.OneOf(as_version.outputs["model"], as_model.outputs["model"])
 
 
 def _train_build_check_gate(
-    ours: dict[str, Any], shared: dict[str, Any], build_and_check: Callable[[Any], Any]
+    ours: dict[str, Any],
+    shared: dict[str, Any],
+    build_and_check: Callable[[Any], Any],
+    cache_training: bool,
 ) -> tuple[Any, Any, Any]:
     """The first half, shared by both backends: train, build and check, and the gate.
 
@@ -113,10 +128,13 @@ def _train_build_check_gate(
     task whose ``unmanaged_container_model`` feeds upload. Returns the train task, that task
     and the gate task (upload and what follows run inside ``dsl.If(gate.output == True)``).
     The gate runs after the check so that a model that would fail on Vertex stops the run
-    even when its metrics are good.
+    even when its metrics are good. ``train`` is cached only with ``cache_training`` (a
+    scheduled run must retrain: the data behind the same URI changes); the build and check
+    never are.
     """
     trained = ours["train"](**{name: shared[name] for name in TRAINING_PARAMETERS})
-    checked = build_and_check(trained.outputs["model"])
+    trained.set_caching_options(cache_training)
+    checked = never_cached(build_and_check(trained.outputs["model"]))
     gate = ours["evaluation_gate"](
         metrics=trained.outputs["metrics"],
         metric=shared["gate_metric"],
@@ -126,26 +144,35 @@ def _train_build_check_gate(
     return trained, checked, gate
 
 
-def build_pipeline(components_image: str = COMPONENTS_IMAGE, backend: str = "vertex") -> Any:
+def build_pipeline(
+    components_image: str = COMPONENTS_IMAGE,
+    backend: str = "vertex",
+    *,
+    cache_training: bool = False,
+) -> Any:
     """Define the pipeline for ``backend`` with our components running in ``components_image``.
 
-    A factory rather than a module-level pipeline because KFP fixes each task's image when the
-    pipeline is defined; ``compile.py compile --components-image`` needs to choose it. Our
-    components are copied, never changed in place. ``backend`` is ``"vertex"`` (GCPC ops for
-    the Vertex resources) or ``"local"`` (stand-ins ``kfp.local`` can run).
+    A factory rather than a module-level pipeline because KFP fixes each task's image (and
+    caching) when the pipeline is defined; ``compile.py compile --components-image`` needs to
+    choose it. Our components are copied, never changed in place. ``backend`` is ``"vertex"``
+    (GCPC ops for the Vertex resources) or ``"local"`` (stand-ins ``kfp.local`` can run).
+
+    Caching: every task that creates or changes a resource is never cached
+    (``never_cached``); ``train`` only with ``cache_training`` (``compile --cache-training``):
+    a scheduled run with the same parameters must retrain on the data behind the same URI.
     """
     ours = {
         name: with_image(c, components_image)
         for name, c in {**OUR_COMPONENTS, **LOCAL_STAND_INS}.items()
     }
     if backend == "vertex":
-        return _vertex_pipeline(ours, components_image)
+        return _vertex_pipeline(ours, components_image, cache_training)
     if backend == "local":
-        return _local_pipeline(ours)
+        return _local_pipeline(ours, cache_training)
     raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
 
 
-def _vertex_pipeline(ours: dict[str, Any], components_image: str) -> Any:
+def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training: bool) -> Any:
     """The pipeline for Vertex AI Pipelines: the image built, checked and pushed in one Cloud
     Build (``build_and_check``, the check run by ``components_image``); GCPC ops for upload,
     endpoint, deploy, batch."""
@@ -205,8 +232,10 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str) -> Any:
             batch_instances_format: ``jsonl``, ``csv`` or ``bigquery``.
             batch_predictions_format: ``jsonl``, ``csv`` or ``bigquery``.
             batch_bigquery_source, batch_bigquery_destination: bq:// URIs for BigQuery batch I/O.
-            batch_machine_type, batch_accelerator_type, batch_accelerator_count: batch machine and
-                GPU (checked against what Vertex allows before submit).
+            batch_machine_type: the batch job's machine.
+            batch_accelerator_type, batch_accelerator_count: the GPU of a TensorFlow model's
+                batch job (checked against what Vertex allows before submit); a
+                scikit-learn model's job runs on the CPU, and a GPU asked for it is refused.
             batch_replica_count: replicas of the batch job (batch does not autoscale).
             batch_size: instances per request to the container (Vertex's default is 64).
         """
@@ -224,7 +253,9 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str) -> Any:
                 model=model, gpu=gpu, checker_image=components_image, strict=True, **build
             )
 
-        trained, checked, gate = _train_build_check_gate(ours, shared, checked_build)
+        trained, checked, gate = _train_build_check_gate(
+            ours, shared, checked_build, cache_training
+        )
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
             model = _upload(
                 checked.outputs["unmanaged_container_model"],
@@ -235,8 +266,10 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str) -> Any:
                 version_aliases=shared["version_aliases"],
             )
             with dsl.If(endpoint == "", name="new-endpoint"):
-                created = EndpointCreateOp(
-                    project=project, location=location, display_name=endpoint_display_name
+                created = never_cached(
+                    EndpointCreateOp(
+                        project=project, location=location, display_name=endpoint_display_name
+                    )
                 )
             with dsl.Else(name="existing-endpoint"):
                 existing = dsl.importer(
@@ -244,14 +277,16 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str) -> Any:
                     artifact_class=VertexEndpoint,
                     metadata={"resourceName": endpoint},
                 )
-            ModelDeployOp(
-                model=model,
-                endpoint=dsl.OneOf(created.outputs["endpoint"], existing.output),
-                deployed_model_display_name=shared["model_display_name"],
-                dedicated_resources_machine_type=deploy_machine_type,
-                dedicated_resources_min_replica_count=deploy_min_replicas,
-                dedicated_resources_max_replica_count=deploy_max_replicas,
-                traffic_split=deploy_traffic_split,
+            never_cached(
+                ModelDeployOp(
+                    model=model,
+                    endpoint=dsl.OneOf(created.outputs["endpoint"], existing.output),
+                    deployed_model_display_name=shared["model_display_name"],
+                    dedicated_resources_machine_type=deploy_machine_type,
+                    dedicated_resources_min_replica_count=deploy_min_replicas,
+                    dedicated_resources_max_replica_count=deploy_max_replicas,
+                    traffic_split=deploy_traffic_split,
+                )
             )
             batch_job = {
                 "project": project,
@@ -264,8 +299,6 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str) -> Any:
                 "gcs_destination_output_uri_prefix": batch_output_uri_prefix,
                 "bigquery_destination_output_uri": batch_bigquery_destination,
                 "machine_type": batch_machine_type,
-                "accelerator_type": batch_accelerator_type,
-                "accelerator_count": batch_accelerator_count,
                 "starting_replica_count": batch_replica_count,
                 "max_replica_count": batch_replica_count,
                 "manual_batch_tuning_parameters_batch_size": shared["batch_size"],
@@ -275,18 +308,28 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str) -> Any:
             # The job takes the checked image as an UnmanagedContainerModel (GCPC's
             # alternative to a registry model), so the registry holds one image per version.
             with dsl.If(shared["framework"] == "tensorflow", name="gpu-image-for-batch"):
-                gpu_checked = checked_build(trained.outputs["model"], gpu=True)
-                ModelBatchPredictOp(
-                    unmanaged_container_model=gpu_checked.outputs["unmanaged_container_model"],
-                    **batch_job,
+                gpu_checked = never_cached(checked_build(trained.outputs["model"], gpu=True))
+                never_cached(
+                    ModelBatchPredictOp(
+                        unmanaged_container_model=gpu_checked.outputs["unmanaged_container_model"],
+                        accelerator_type=batch_accelerator_type,
+                        accelerator_count=batch_accelerator_count,
+                        **batch_job,
+                    )
                 )
+            # A scikit-learn image runs on the CPU: no accelerator (GCPC drops the empty
+            # type and the zero count from the request), nothing billed for an idle GPU.
             with dsl.Else(name="model-image-for-batch"):
-                ModelBatchPredictOp(model=model, **batch_job)
+                never_cached(
+                    ModelBatchPredictOp(
+                        model=model, accelerator_type="", accelerator_count=0, **batch_job
+                    )
+                )
 
     return train_to_serve
 
 
-def _local_pipeline(ours: dict[str, Any]) -> Any:
+def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
     """The same DAG for ``kfp.local``: local registry, local endpoint, local batch job."""
 
     @dsl.pipeline(
@@ -324,48 +367,66 @@ def _local_pipeline(ours: dict[str, Any]) -> Any:
         """
 
         def build_and_check(model: Any) -> Any:
-            built = ours["build_image"](model=model, image_name=image_name, builder="local")
+            built = never_cached(
+                ours["build_image"](model=model, image_name=image_name, builder="local")
+            )
             # Our own serving image is checked strictly: a hygiene finding on it is our bug.
             return ours["contract_check"](
                 image_uri=built.outputs["image_uri"], model=model, strict=True
             )
 
-        _, checked, gate = _train_build_check_gate(ours, shared, build_and_check)
+        _, checked, gate = _train_build_check_gate(ours, shared, build_and_check, cache_training)
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
-            uploaded = ours["local_model_upload"](
-                display_name=shared["model_display_name"],
-                unmanaged_container_model=checked.outputs["unmanaged_container_model"],
-                registry_dir=registry_dir,
-                parent_model=shared["parent_model"],
-                version_aliases=shared["version_aliases"],
+            uploaded = never_cached(
+                ours["local_model_upload"](
+                    display_name=shared["model_display_name"],
+                    unmanaged_container_model=checked.outputs["unmanaged_container_model"],
+                    registry_dir=registry_dir,
+                    parent_model=shared["parent_model"],
+                    version_aliases=shared["version_aliases"],
+                )
             )
-            ours["local_model_deploy"](
-                model=uploaded.outputs["model"],
-                registry_dir=registry_dir,
-                endpoints_dir=endpoints_dir,
+            never_cached(
+                ours["local_model_deploy"](
+                    model=uploaded.outputs["model"],
+                    registry_dir=registry_dir,
+                    endpoints_dir=endpoints_dir,
+                )
             )
-            ours["local_batch_predict"](
-                model=uploaded.outputs["model"],
-                registry_dir=registry_dir,
-                instances=batch_instances,
-                instances_format=shared["batch_instances_format"],
-                output_dir=batch_output_dir,
-                batch_size=shared["batch_size"],
+            never_cached(
+                ours["local_batch_predict"](
+                    model=uploaded.outputs["model"],
+                    registry_dir=registry_dir,
+                    instances=batch_instances,
+                    instances_format=shared["batch_instances_format"],
+                    output_dir=batch_output_dir,
+                    batch_size=shared["batch_size"],
+                )
             )
 
     return train_to_serve_local
 
 
-def check_run_parameters(values: dict[str, Any]) -> None:
+def check_run_parameters(values: dict[str, Any], explicit: Collection[str] = ()) -> None:
     """Checks Vertex would only make after queueing the run; raise ``ValueError`` naming the fault.
 
-    ``values`` are the run's parameter values merged over the pipeline's defaults.
+    ``values`` are the run's parameter values merged over the pipeline's defaults;
+    ``explicit`` names those the run sets itself.
     """
-    check_accelerator(
-        values["batch_machine_type"],
-        values["batch_accelerator_type"],
-        int(values["batch_accelerator_count"]),
-    )
+    if values["framework"] == "tensorflow":
+        check_accelerator(
+            values["batch_machine_type"],
+            values["batch_accelerator_type"],
+            int(values["batch_accelerator_count"]),
+        )
+    else:
+        asked = sorted({"batch_accelerator_type", "batch_accelerator_count"} & set(explicit))
+        if asked:
+            raise ValueError(
+                f"{', '.join(asked)} given for a {values['framework']} model: its image runs on "
+                "the CPU, so a GPU would only be billed; drop them (they apply to TensorFlow "
+                "models' batch jobs)"
+            )
     for name in ("model_display_name", "endpoint_display_name"):
         text = str(values[name])
         if not text or len(text) > 128 or any(ch in text for ch in '"\\'):

@@ -90,7 +90,7 @@ def check_settings(settings: RunSettings) -> dict[str, Any]:
     if pipeline_name(settings.template) == PIPELINE_NAME:
         defaults = {name: spec.get("defaultValue") for name, spec in declared.items()}
         try:
-            check_run_parameters({**defaults, **checked})
+            check_run_parameters({**defaults, **checked}, explicit=checked)
         except ValueError as exc:
             raise SubmitError(str(exc)) from None
     return checked

@@ -530,8 +530,12 @@ def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path, framework: st
     )
     resources = job["dedicated_resources"]
     assert resources["machine_spec"]["machine_type"] == "n1-standard-8"
-    assert resources["machine_spec"]["accelerator_type"] == "NVIDIA_TESLA_T4"
-    assert resources["machine_spec"]["accelerator_count"] == 2
+    if framework == "tensorflow":  # the GPU image on the GPU asked for
+        assert resources["machine_spec"]["accelerator_type"] == "NVIDIA_TESLA_T4"
+        assert resources["machine_spec"]["accelerator_count"] == 2
+    else:  # a scikit-learn image on the CPU, whatever the accelerator parameters say
+        assert not resources["machine_spec"].get("accelerator_type")
+        assert not resources["machine_spec"].get("accelerator_count")
     assert resources["starting_replica_count"] == 3
     assert resources["max_replica_count"] == 3
     assert job["manual_batch_tuning_parameters"]["batch_size"] == 200
@@ -540,8 +544,14 @@ def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path, framework: st
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"batch_accelerator_count": 3}, "n1-standard-8 takes [1, 2, 4] x NVIDIA_TESLA_T4"),
-        ({"batch_machine_type": "e2-standard-8"}, "cannot carry GPUs"),
+        (
+            {"framework": "tensorflow", "batch_accelerator_count": 3},
+            "n1-standard-8 takes [1, 2, 4] x NVIDIA_TESLA_T4",
+        ),
+        (
+            {"framework": "tensorflow", "batch_machine_type": "e2-standard-8"},
+            "cannot carry GPUs",
+        ),
         ({"deploy_min_replicas": 0}, "deploy_min_replicas must be at least 1"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"staging_bucket": "my-bucket"}, "staging_bucket 'my-bucket' must be a gs:// URI"),
@@ -555,3 +565,46 @@ def test_run_parameters_vertex_would_refuse(change: dict, message: str) -> None:
     with pytest.raises(ValueError) as caught:
         check_run_parameters({**_defaults(), **RUN_VALUES, **change})
     assert message in str(caught.value)
+
+
+def test_a_gpu_asked_for_a_scikit_learn_models_batch_job_is_refused() -> None:
+    from pipelines.train_to_serve import check_run_parameters
+
+    values = {**_defaults(), **RUN_VALUES, "batch_accelerator_type": "NVIDIA_L4"}
+    with pytest.raises(ValueError, match="batch_accelerator_type given for a scikit-learn model"):
+        check_run_parameters(values, explicit={"batch_accelerator_type"})
+    check_run_parameters(values)  # the pipeline's own default applies to TensorFlow only
+
+
+def test_tasks_that_create_or_change_resources_are_never_cached(spec: dict) -> None:
+    """A scheduled run with the same parameters retrains, rebuilds, uploads and deploys: only
+    the gate and the importers (no resource made) may come from the cache."""
+    tasks = _tasks(spec)
+    leaves = {n for n, t in tasks.items() if not n.startswith("condition")}
+    cached = {n for n in leaves if tasks[n].get("cachingOptions", {}).get("enableCache")}
+    assert cached == {"evaluation-gate", "importer", "importer-2"}
+    assert {"train", "build-and-check", "model-upload", "endpoint-create", "model-deploy"} <= (
+        leaves - cached
+    )
+
+
+def test_train_is_cached_only_when_compiled_so(tmp_path: Path) -> None:
+    from pipelines.parameters import cached_tasks, caching_note
+
+    out = tmp_path / "cached.yaml"
+    assert cli.main(["compile", "--output", str(out), "--cache-training"]) == 0
+
+    assert set(cached_tasks(out)) == {"importer", "importer-2", "evaluation-gate", "train"}
+    assert caching_note(out, None).startswith("caching: only ")
+    assert caching_note(out, False) == "caching: off for every task (--no-cache)"
+
+
+def test_our_components_never_pip_install_at_run_time(spec: dict) -> None:
+    """kfp is in the components image: no run needs PyPI (VPC Service Controls)."""
+    executors = spec["deploymentSpec"]["executors"]
+    image = "europe-west4-docker.pkg.dev/my-project/train-to-serve/components:0.1.0"
+    ours = [e for e in executors.values() if e.get("container", {}).get("image") == image]
+    assert ours
+    for executor in ours:
+        command = " ".join(executor["container"]["command"])
+        assert "pip install" not in command and "kfp.dsl.executor_main" in command
