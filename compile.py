@@ -236,6 +236,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--label", action="append", default=[], metavar="KEY=VALUE", help="run label; repeatable"
     )
     parser.add_argument(
+        "--allow-cross-region",
+        action="store_true",
+        help="let the pipeline's location parameter differ from --region",
+    )
+    parser.add_argument(
         "--no-cache",
         dest="enable_caching",
         action="store_false",
@@ -276,6 +281,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         labels=parse_assignments(args.label, "--label"),
         service_account=args.service_account,
         network=args.network,
+        allow_cross_region=args.allow_cross_region,
     )
 
 
@@ -693,15 +699,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; errors become one line and an exit status."""
     args = build_parser().parse_args(argv)
+    from google.auth.exceptions import DefaultCredentialsError
+
     from components.training import TrainingInputError
     from pipelines.local_run import LocalRunError
     from pipelines.parameters import ParameterError
-    from pipelines.vertex_jobs import SubmitError
+    from pipelines.vertex_jobs import AUTH_HINT, SubmitError
 
     try:
         return args.handler(args)
     except (UsageError, TrainingInputError, ParameterError, SubmitError, LocalRunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DefaultCredentialsError:
+        print(f"error: {AUTH_HINT}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -21,7 +21,20 @@ from pipelines.train_to_serve import PIPELINE_NAME, check_run_parameters
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]{1,2}$")
+_ALIAS = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
+"""Vertex's model version alias format (``versionAliases``)."""
+_RESOURCE = re.compile(
+    r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/(?P<kind>models|endpoints)/"
+    r"(?P<id>[0-9]+|[a-z][a-z0-9-]*)$"
+)
+RESOURCE_PARAMETERS = {"parent_model": "models", "endpoint": "endpoints"}
+"""Parameters that name an existing Vertex resource, and the resource's collection."""
+AUTH_HINT = (
+    "no Google Cloud credentials: authenticate with Application Default Credentials "
+    "(`gcloud auth application-default login`), or point GOOGLE_APPLICATION_CREDENTIALS at a "
+    "service-account key file, or run where a service account is attached"
+)
 _JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
 _CRON_RANGES = (
     ("minute", 0, 59),
@@ -55,6 +68,8 @@ class RunSettings:
     labels: dict[str, str] = field(default_factory=dict)
     service_account: str | None = None
     network: str | None = None
+    allow_cross_region: bool = False
+    """Let the pipeline's ``location`` differ from the run's region."""
 
 
 def check_settings(settings: RunSettings) -> dict[str, Any]:
@@ -86,14 +101,68 @@ def check_settings(settings: RunSettings) -> dict[str, Any]:
     if not settings.template.is_file():
         raise SubmitError(f"pipeline template {settings.template} not found; run compile first")
     declared = root_parameters(settings.template)
-    checked = validate_parameters(settings.parameters, declared)
+    given = dict(settings.parameters)
+    # Unset, the pipeline's project and location are the run's (not the compiled default).
+    given.setdefault("location", settings.region)
+    given.setdefault("project", settings.project)
+    given = {
+        name: value
+        for name, value in given.items()
+        if name in declared or name in settings.parameters
+    }
+    checked = validate_parameters(given, declared)
     if pipeline_name(settings.template) == PIPELINE_NAME:
         defaults = {name: spec.get("defaultValue") for name, spec in declared.items()}
+        values = {**defaults, **checked}
+        check_where(settings, values)
         try:
-            check_run_parameters({**defaults, **checked}, explicit=checked)
+            check_run_parameters(values, explicit=settings.parameters)
         except ValueError as exc:
             raise SubmitError(str(exc)) from None
     return checked
+
+
+def check_where(settings: RunSettings, values: Mapping[str, Any]) -> None:
+    """The run's project and region against the pipeline's ``project``, ``location``, the
+    resources it names and its aliases; ``SubmitError`` naming the parameter and the fix."""
+    if values.get("project") != settings.project:
+        raise SubmitError(
+            f"parameter project={values.get('project')!r} differs from --project "
+            f"{settings.project!r}: the run would create its resources in another project; "
+            f"pass --param project={settings.project} (or the matching --project)"
+        )
+    location = str(values.get("location", ""))
+    if not _REGION.match(location):
+        raise SubmitError(f"parameter location={location!r} is not a region name like us-central1")
+    if location != settings.region and not settings.allow_cross_region:
+        raise SubmitError(
+            f"parameter location={location!r} differs from --region {settings.region!r}: the "
+            "model, endpoint and batch job would live in another region than the run (nearly "
+            f"always a mistake); drop --param location, or pass --allow-cross-region"
+        )
+    for name, kind in RESOURCE_PARAMETERS.items():
+        text = str(values.get(name) or "")
+        if not text:
+            continue
+        match = _RESOURCE.match(text)
+        if not match or match["kind"] != kind:
+            raise SubmitError(
+                f"parameter {name}={text!r} is not a resource name: give "
+                f"projects/{settings.project}/locations/{location}/{kind}/ID"
+            )
+        if match["location"] != location:
+            raise SubmitError(
+                f"parameter {name}={text!r} is in {match['location']}, not in the run's "
+                f"location {location}: Vertex finds it only there; use the {kind} of "
+                f"{location}"
+            )
+    for alias in values.get("version_aliases") or []:
+        if not _ALIAS.match(str(alias)):
+            raise SubmitError(
+                f"version alias {alias!r}: Vertex takes 2-128 characters, a lowercase letter "
+                "first, then letters, digits or '-', ending in a lowercase letter or digit "
+                "(e.g. prod-v1)"
+            )
 
 
 def build_job(settings: RunSettings, credentials: Any = None) -> Any:

@@ -163,7 +163,6 @@ def test_submit_reads_a_parameter_file(template: Path, captured: dict, tmp_path:
             ["--param", "project=x", "--param", "sources=[oops"],
             "parameter 'sources' must be a JSON list",
         ),
-        ([], "missing required pipeline parameter(s) ['project']"),
         (["--param", "project=x", "--label", "Team=ML"], "label Team='ML'"),
         (["--param", "noequals"], "--param expects NAME=VALUE, got 'noequals'"),
     ],
@@ -288,3 +287,103 @@ def test_schedule_rejects_bad_times(
 def test_validate_parameters_accepts_ints_for_doubles() -> None:
     declared = {"x": {"parameterType": "NUMBER_DOUBLE"}}
     assert validate_parameters({"x": 1}, declared) == {"x": 1}
+
+
+def test_project_and_location_default_to_the_runs(template: Path) -> None:
+    settings = RunSettings(template, "my-project", "europe-west12", "gs://b/r", parameters={})
+    assert check_settings(settings) == {"project": "my-project"}  # no location declared here
+
+
+# --- where a train-to-serve run goes: project, region, resource names, aliases ---------------
+
+VERTEX_REGIONS = [
+    "africa-south1", "asia-east1", "asia-east2", "asia-northeast1", "asia-northeast2",
+    "asia-northeast3", "asia-south1", "asia-south2", "asia-southeast1", "asia-southeast2",
+    "australia-southeast1", "australia-southeast2", "europe-central2", "europe-north1",
+    "europe-north2", "europe-southwest1", "europe-west1", "europe-west2", "europe-west3",
+    "europe-west4", "europe-west6", "europe-west8", "europe-west9", "europe-west10",
+    "europe-west12", "me-central1", "me-central2", "me-west1", "northamerica-northeast1",
+    "northamerica-northeast2", "northamerica-south1", "southamerica-east1", "southamerica-west1",
+    "us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1", "us-west2",
+    "us-west3", "us-west4",
+]  # fmt: skip
+"""Vertex AI's regions, from its "Vertex AI locations" page."""
+
+
+@pytest.fixture(scope="module")
+def train_to_serve(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("train-to-serve") / "pipeline.yaml"
+    assert cli.main(["compile", "--output", str(path)]) == 0
+    return path
+
+
+def run_settings(template: Path, region: str = "europe-west4", **parameters) -> RunSettings:
+    required = {
+        "staging_bucket": "gs://b/staging",
+        "batch_output_uri_prefix": "gs://b/out",
+        "batch_gcs_source_uris": ["gs://b/in.jsonl"],
+    }
+    return RunSettings(template, "my-project", region, "gs://b/root", {**required, **parameters})
+
+
+@pytest.mark.parametrize("region", VERTEX_REGIONS)
+def test_every_vertex_region_is_accepted_and_becomes_the_location(
+    train_to_serve: Path, region: str
+) -> None:
+    checked = check_settings(run_settings(train_to_serve, region))
+    assert (checked["location"], checked["project"]) == (region, "my-project")
+
+
+M = "projects/my-project/locations/europe-west4/models/123"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"project": "other-project"}, "project='other-project' differs from --project"),
+        ({"location": "us-central1"}, "differs from --region 'europe-west4'"),
+        ({"parent_model": "123"}, "parent_model='123' is not a resource name: give projects/"),
+        ({"endpoint": "456"}, "projects/my-project/locations/europe-west4/endpoints/ID"),
+        ({"parent_model": M.replace("models", "endpoints")}, "is not a resource name"),
+        ({"parent_model": M.replace("europe-west4", "us-east1")}, "is in us-east1, not in"),
+        ({"version_aliases": ["default", "Prod_v1"]}, "version alias 'Prod_v1'"),
+        ({"version_aliases": ["x"]}, "2-128 characters"),
+    ],
+)
+def test_where_a_run_goes_is_checked_before_any_request(
+    train_to_serve: Path, parameters: dict, message: str
+) -> None:
+    with pytest.raises(SubmitError, match=None) as caught:
+        check_settings(run_settings(train_to_serve, **parameters))
+    assert message in str(caught.value)
+
+
+def test_cross_region_resources_only_when_allowed(train_to_serve: Path) -> None:
+    settings = run_settings(train_to_serve, location="us-central1")
+    settings.allow_cross_region = True
+    assert check_settings(settings)["location"] == "us-central1"
+    good = run_settings(train_to_serve, parent_model=M, version_aliases=["default", "prod-v1"])
+    assert check_settings(good)["parent_model"] == M
+
+
+def test_submit_without_credentials_says_how_to_authenticate(
+    train_to_serve: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud.aiplatform import initializer
+
+    def no_credentials(self):  # what google.auth.default() raises on a bare machine
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.setattr(initializer._Config, "credentials", property(no_credentials))
+    code = cli.main(
+        ["submit", "--project", "my-project", "--region", "europe-west4",
+         "--pipeline-root", "gs://b/root", "--template", str(train_to_serve),
+         "--param", "staging_bucket=gs://b/staging", "--param", "batch_output_uri_prefix=gs://b/o",
+         "--param", 'batch_gcs_source_uris=["gs://b/in.jsonl"]']
+    )  # fmt: skip
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no Google Cloud credentials: authenticate with")
+    assert "gcloud auth application-default login" in err and "Traceback" not in err
