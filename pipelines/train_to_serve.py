@@ -81,6 +81,7 @@ def _upload(
     display_name: Any,
     parent_model: Any,
     version_aliases: Any,
+    labels: Any,
 ) -> Any:
     """Upload as a new version of ``parent_model`` when one is named, else as a new model.
 
@@ -101,6 +102,7 @@ def _upload(
                 parent_model=parent.output,
                 unmanaged_container_model=unmanaged_container_model,
                 version_aliases=version_aliases,
+                labels=labels,
             )
         )
     with dsl.Else(name="new-model"):
@@ -111,6 +113,7 @@ def _upload(
                 display_name=display_name,
                 unmanaged_container_model=unmanaged_container_model,
                 version_aliases=version_aliases,
+                labels=labels,
             )
         )
     return dsl.OneOf(as_version.outputs["model"], as_model.outputs["model"])
@@ -192,6 +195,10 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
         location: str = "us-central1",
         image_repository: str = "train-to-serve",
         image_name: str = "serving",
+        build_service_account: str = "",
+        build_machine_type: str = "",
+        base_image: str = "",
+        resource_labels: dict = {},  # noqa: B006
         endpoint: str = "",
         endpoint_display_name: str = "train-to-serve",
         deploy_machine_type: str = "n1-standard-2",
@@ -220,6 +227,14 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
             data, target, task, feature_columns, estimator, hyperparameters, seed: training.
             image_repository: Artifact Registry repository (in ``location``) for the image.
             image_name: image name inside that repository.
+            build_service_account: the identity the image's Cloud Build runs as (empty:
+                Cloud Build's default, which secure-by-default organisations leave without
+                roles); see the README's project set-up for its roles.
+            build_machine_type: the Cloud Build worker (``E2_HIGHCPU_8``, ...; empty: default).
+            base_image: the serving image's ``FROM`` (empty: python:3.11-slim from Docker Hub;
+                e.g. an Artifact Registry remote repository in front of it).
+            resource_labels: labels for the model, the endpoint and the batch job (``submit``
+                and ``schedule create`` fill them with the run's ``--label`` values).
             gate_metric: metric that decides if the model ships (rmse/mae: lower is better).
             gate_threshold: the bar the metric must meet.
             model_display_name: Model Registry display name (plain text; GCPC does not escape it).
@@ -245,6 +260,9 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
             "location": location,
             "repository": image_repository,
             "staging_bucket": staging_bucket,
+            "service_account": build_service_account,
+            "machine_type": build_machine_type,
+            "base_image": base_image,
         }
 
         def checked_build(model: Any, gpu: bool = False) -> Any:
@@ -264,11 +282,15 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                 display_name=shared["model_display_name"],
                 parent_model=shared["parent_model"],
                 version_aliases=shared["version_aliases"],
+                labels=resource_labels,
             )
             with dsl.If(endpoint == "", name="new-endpoint"):
                 created = never_cached(
                     EndpointCreateOp(
-                        project=project, location=location, display_name=endpoint_display_name
+                        project=project,
+                        location=location,
+                        display_name=endpoint_display_name,
+                        labels=resource_labels,
                     )
                 )
             with dsl.Else(name="existing-endpoint"):
@@ -302,6 +324,7 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                 "starting_replica_count": batch_replica_count,
                 "max_replica_count": batch_replica_count,
                 "manual_batch_tuning_parameters_batch_size": shared["batch_size"],
+                "labels": resource_labels,
             }
             # A TensorFlow model's batch job runs the GPU variant of its image (TensorFlow
             # with CUDA), contract-checked like the first; the endpoint keeps the CPU image.

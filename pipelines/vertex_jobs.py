@@ -105,6 +105,8 @@ def check_settings(settings: RunSettings) -> dict[str, Any]:
     # Unset, the pipeline's project and location are the run's (not the compiled default).
     given.setdefault("location", settings.region)
     given.setdefault("project", settings.project)
+    if settings.labels:  # the run's labels also on the model, endpoint and batch job
+        given.setdefault("resource_labels", dict(settings.labels))
     given = {
         name: value
         for name, value in given.items()

@@ -36,6 +36,7 @@ RUN_VALUES = {
     "batch_gcs_source_uris": ["gs://my-bucket/batch/input.jsonl"],
     "batch_output_uri_prefix": "gs://my-bucket/batch/out",
     "model_display_name": "penguins-classifier",
+    "resource_labels": {"team": "ml", "run": "nightly"},
 }
 IMAGE = "europe-west4-docker.pkg.dev/my-project/train-to-serve/serving@sha256:" + "ab" * 32
 
@@ -432,6 +433,7 @@ def test_gcpc_upload_request(spec: dict, tmp_path: Path, executor: str) -> None:
     assert model["display_name"] == "penguins-classifier"
     assert model["artifact_uri"] == "gs://my-bucket/root/123/train/model"
     assert model["version_aliases"] == ["default"]
+    assert model["labels"] == {"team": "ml", "run": "nightly"}
     container = model["container_spec"]
     assert container["image_uri"] == IMAGE
     assert container["ports"] == [{"container_port": 8080.0}]
@@ -539,6 +541,7 @@ def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path, framework: st
     assert resources["starting_replica_count"] == 3
     assert resources["max_replica_count"] == 3
     assert job["manual_batch_tuning_parameters"]["batch_size"] == 200
+    assert job["labels"] == {"team": "ml", "run": "nightly"}
 
 
 @pytest.mark.parametrize(
@@ -608,3 +611,18 @@ def test_our_components_never_pip_install_at_run_time(spec: dict) -> None:
     for executor in ours:
         command = " ".join(executor["container"]["command"])
         assert "pip install" not in command and "kfp.dsl.executor_main" in command
+
+
+def test_the_build_runs_as_the_identity_and_on_the_machine_given(spec: dict) -> None:
+    run = {
+        **RUN_VALUES,
+        "build_service_account": "builder@my-project.iam.gserviceaccount.com",
+        "build_machine_type": "E2_HIGHCPU_8",
+        "base_image": "europe-west4-docker.pkg.dev/my-project/docker-hub/python:3.11-slim",
+    }
+    for executor in ("exec-build-and-check", "exec-build-and-check-2"):
+        inputs = _task_inputs(spec, executor, run)
+        assert inputs["service_account"] == run["build_service_account"]
+        assert inputs["machine_type"] == "E2_HIGHCPU_8"
+        assert inputs["base_image"] == run["base_image"]
+    assert _task_inputs(spec, "exec-endpoint-create", run)["labels"] == run["resource_labels"]

@@ -387,3 +387,11 @@ def test_submit_without_credentials_says_how_to_authenticate(
     err = capsys.readouterr().err
     assert err.startswith("error: no Google Cloud credentials: authenticate with")
     assert "gcloud auth application-default login" in err and "Traceback" not in err
+
+
+def test_the_runs_labels_also_label_the_model_endpoint_and_batch_job(train_to_serve: Path) -> None:
+    settings = run_settings(train_to_serve)
+    settings.labels = {"team": "ml"}
+    assert check_settings(settings)["resource_labels"] == {"team": "ml"}
+    settings.parameters["resource_labels"] = {"cost-center": "42"}  # given: kept as given
+    assert check_settings(settings)["resource_labels"] == {"cost-center": "42"}
