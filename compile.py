@@ -187,6 +187,7 @@ def _compile(args: argparse.Namespace) -> int:
             "which Vertex cannot pull unless you push it under that name",
             file=sys.stderr,
         )
+    image = _pin_components_image(image)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     pipeline = build_pipeline(image, cache_training=args.cache_training)
     compiler.Compiler().compile(pipeline, str(args.output))
@@ -200,6 +201,32 @@ def _compile(args: argparse.Namespace) -> int:
     print(f"components image: {image}")
     print(caching_note(args.output, None))
     return 0
+
+
+def _pin_components_image(image: str) -> str:
+    """The components image by digest when this machine's engine knows its pushed digest;
+    else as given, with a warning: a tag may point elsewhere by the time a run starts."""
+    from components.images import pinned
+    from components.runners import RunnerError, RunnerNotFoundError, detect_engine
+
+    digests: list[str] = []
+    try:
+        engine = detect_engine()
+        if engine.image_exists(image):
+            digests = list(engine.image_inspect(image).get("RepoDigests") or [])
+    except (RunnerNotFoundError, RunnerError):
+        pass
+    found = pinned(image, digests)
+    if found is None:
+        print(
+            f"warning: the components image {image} is named by tag: each run uses whatever "
+            "the tag points to when it starts. Push it, then compile again on this machine "
+            "(its digest is then known here) or pass --components-image "
+            "REPOSITORY@sha256:... (gcloud artifacts docker images describe IMAGE)",
+            file=sys.stderr,
+        )
+        return image
+    return found
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_COMPONENTS_IMAGE = "train-to-serve-components:latest"
@@ -26,3 +27,25 @@ def with_image(component: Any, image: str) -> Any:
     clone = copy.deepcopy(component)
     clone.component_spec.implementation.container.image = image
     return clone
+
+
+def repository_of(reference: str) -> str:
+    """``registry/path/name`` of an image reference, without its tag or digest."""
+    name = reference.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name.rsplit(":", 1)[0]
+    return name
+
+
+def pinned(reference: str, repo_digests: Sequence[str]) -> str | None:
+    """``reference`` pinned by digest (``repository@sha256:...``): as given when it already
+    is, else from the image's ``RepoDigests`` in the same repository (what an engine records
+    after a push or pull); ``None`` when none is known."""
+    if "@sha256:" in reference:
+        return reference
+    repository = repository_of(reference)
+    for candidate in repo_digests:
+        if repository_of(candidate) == repository and "@sha256:" in candidate:
+            return candidate
+    return None
