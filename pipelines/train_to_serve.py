@@ -27,13 +27,14 @@ from typing import Any
 
 from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
 from google_cloud_pipeline_components.v1.batch_predict_job import ModelBatchPredictOp
-from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp
+from google_cloud_pipeline_components.v1.endpoint import ModelDeployOp
 from google_cloud_pipeline_components.v1.model import ModelUploadOp
 from kfp import dsl
 
 from components.build_and_check import build_and_check
 from components.build_image import build_image
 from components.contract_check import contract_check
+from components.endpoint_get_or_create import endpoint_get_or_create
 from components.evaluation_gate import evaluation_gate
 from components.images import COMPONENTS_IMAGE, with_image
 from components.imaging import DEFAULT_IMAGE_NAME
@@ -41,6 +42,7 @@ from components.local_batch_predict import local_batch_predict
 from components.local_model_deploy import local_model_deploy
 from components.local_model_upload import local_model_upload
 from components.train import train
+from components.undeploy_previous import undeploy_previous
 from pipelines.accelerators import check_accelerator
 from pipelines.parameters import TRAINING_PARAMETERS, with_shared_parameters
 
@@ -52,6 +54,8 @@ OUR_COMPONENTS = {
     "contract_check": contract_check,
     "build_and_check": build_and_check,
     "evaluation_gate": evaluation_gate,
+    "endpoint_get_or_create": endpoint_get_or_create,
+    "undeploy_previous": undeploy_previous,
 }
 """The project's own components in the Vertex pipeline, by name (compile exports each as YAML)."""
 LOCAL_STAND_INS = {
@@ -205,6 +209,7 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
         deploy_traffic_split: dict = {"0": "100"},  # noqa: B006
+        keep_previous_deployments: bool = False,
         batch_predictions_format: str = "jsonl",
         batch_bigquery_source: str = "",
         batch_bigquery_destination: str = "",
@@ -240,10 +245,13 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
             model_display_name: Model Registry display name (plain text; GCPC does not escape it).
             parent_model: resource name of an existing model: the upload becomes its new version.
             version_aliases: aliases of the new version; keep ``default`` to make it serve.
-            endpoint: resource name of an existing endpoint; empty creates a new one.
-            endpoint_display_name: display name of a new endpoint.
+            endpoint: resource name of an existing endpoint; empty: the endpoint named
+                ``endpoint_display_name`` in ``location``, created the first time.
+            endpoint_display_name: display name of the endpoint found or created.
             deploy_machine_type, deploy_min_replicas, deploy_max_replicas, deploy_traffic_split:
                 dedicated resources and traffic for the deployed model (``"0"`` is this model).
+            keep_previous_deployments: keep the endpoint's other deployed models; by default
+                they are undeployed once this model serves 100% of the traffic.
             batch_instances_format: ``jsonl``, ``csv`` or ``bigquery``.
             batch_predictions_format: ``jsonl``, ``csv`` or ``bigquery``.
             batch_bigquery_source, batch_bigquery_destination: bq:// URIs for BigQuery batch I/O.
@@ -284,9 +292,10 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                 version_aliases=shared["version_aliases"],
                 labels=resource_labels,
             )
-            with dsl.If(endpoint == "", name="new-endpoint"):
-                created = never_cached(
-                    EndpointCreateOp(
+            # Reused by display name: a new endpoint per scheduled run would pile up.
+            with dsl.If(endpoint == "", name="endpoint-by-name"):
+                named = never_cached(
+                    ours["endpoint_get_or_create"](
                         project=project,
                         location=location,
                         display_name=endpoint_display_name,
@@ -299,10 +308,11 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                     artifact_class=VertexEndpoint,
                     metadata={"resourceName": endpoint},
                 )
-            never_cached(
+            target = dsl.OneOf(named.outputs["endpoint"], existing.output)
+            deployed = never_cached(
                 ModelDeployOp(
                     model=model,
-                    endpoint=dsl.OneOf(created.outputs["endpoint"], existing.output),
+                    endpoint=target,
                     deployed_model_display_name=shared["model_display_name"],
                     dedicated_resources_machine_type=deploy_machine_type,
                     dedicated_resources_min_replica_count=deploy_min_replicas,
@@ -310,6 +320,12 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                     traffic_split=deploy_traffic_split,
                 )
             )
+            # What the endpoint no longer serves stops billing once the new version has 100%.
+            never_cached(
+                ours["undeploy_previous"](
+                    endpoint=target, model=model, keep_previous=keep_previous_deployments
+                )
+            ).after(deployed)
             batch_job = {
                 "project": project,
                 "location": location,

@@ -21,6 +21,7 @@ LIBRARY_PACKAGES = (
     "components.imaging",
     "components.contract",
     "components.stand_ins",
+    "components.rollout",
 )
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("serving_image",),

@@ -14,6 +14,7 @@ from components.build_and_check import build_and_check
 from components.build_image import build_image
 from components.contract import CheckSettings
 from components.contract_check import contract_check
+from components.endpoint_get_or_create import endpoint_get_or_create
 from components.evaluation_gate import evaluation_gate
 from components.imaging import DEFAULT_IMAGE_NAME
 from components.local_batch_predict import local_batch_predict
@@ -23,6 +24,7 @@ from components.stand_ins.batch_inputs import FORMATS
 from components.stand_ins.batch_runner import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
 from components.train import train
 from components.training import train_and_export
+from components.undeploy_previous import undeploy_previous
 from pipelines.parameters import DEFAULTS
 from tests.support import REPO_ROOT
 
@@ -32,6 +34,8 @@ COMPONENTS = {
     "contract_check": contract_check,
     "build_and_check": build_and_check,
     "evaluation_gate": evaluation_gate,
+    "endpoint_get_or_create": endpoint_get_or_create,
+    "undeploy_previous": undeploy_previous,
     "local_model_upload": local_model_upload,
     "local_model_deploy": local_model_deploy,
     "local_batch_predict": local_batch_predict,

@@ -62,8 +62,10 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "build_and_check.yaml",
         "build_image.yaml",
         "contract_check.yaml",
+        "endpoint_get_or_create.yaml",
         "evaluation_gate.yaml",
         "train.yaml",
+        "undeploy_previous.yaml",
     ]
     return yaml.safe_load((out / "pipeline.yaml").read_text())
 
@@ -115,7 +117,15 @@ def test_dag_order(spec: dict) -> None:
         assert "taskOutputArtifact" in model_input or "componentInputArtifact" in model_input
     for one, other in [(deploy, batch), (deploy, gpu_batch)]:
         assert one not in _upstream(tasks, other) and other not in _upstream(tasks, one)
-    assert "endpoint-create" not in _upstream(tasks, batch)
+    assert "endpoint-get-or-create" not in _upstream(tasks, batch)
+    # The endpoint is found by name (or created once); what it no longer serves goes after
+    # the deploy.
+    assert deploy in _upstream(tasks, "undeploy-previous")
+    undeploy = tasks["undeploy-previous"]["inputs"]
+    assert undeploy["artifacts"]["endpoint"] == tasks[deploy]["inputs"]["artifacts"]["endpoint"]
+    assert undeploy["parameters"]["keep_previous"] == {
+        "componentInputParameter": "pipelinechannel--keep_previous_deployments"
+    }
     # A TensorFlow model's batch job: the GPU variant of the image, checked, after the gate.
     assert tasks[gpu_batch]["inputs"]["artifacts"] == {
         "unmanaged_container_model": {
@@ -179,7 +189,8 @@ def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
         "model-deploy",
         "model-batch-predict",
         "model-batch-predict-2",
-        "endpoint-create",
+        "endpoint-get-or-create",
+        "undeploy-previous",
         "build-and-check-2",
     } <= inside
     assert not {"train", "build-and-check", "evaluation-gate"} & inside
@@ -237,7 +248,7 @@ def test_location_is_passed_to_every_vertex_op(spec: dict) -> None:
         if ref in (
             "comp-model-upload",
             "comp-model-upload-2",
-            "comp-endpoint-create",
+            "comp-endpoint-get-or-create",
             "comp-model-batch-predict",
             "comp-model-batch-predict-2",
         ):
@@ -252,6 +263,8 @@ def test_our_tasks_run_in_the_components_image(spec: dict) -> None:
         "exec-build-and-check",
         "exec-evaluation-gate",
         "exec-build-and-check-2",  # the GPU variant for a TensorFlow model's batch job
+        "exec-endpoint-get-or-create",
+        "exec-undeploy-previous",
     ]
     for name in ours:
         assert executors[name]["container"]["image"] == (
@@ -586,9 +599,9 @@ def test_tasks_that_create_or_change_resources_are_never_cached(spec: dict) -> N
     leaves = {n for n, t in tasks.items() if not n.startswith("condition")}
     cached = {n for n in leaves if tasks[n].get("cachingOptions", {}).get("enableCache")}
     assert cached == {"evaluation-gate", "importer", "importer-2"}
-    assert {"train", "build-and-check", "model-upload", "endpoint-create", "model-deploy"} <= (
-        leaves - cached
-    )
+    never = {"train", "build-and-check", "model-upload", "endpoint-get-or-create"}
+    never |= {"model-deploy", "undeploy-previous", "model-batch-predict"}
+    assert never <= leaves - cached
 
 
 def test_train_is_cached_only_when_compiled_so(tmp_path: Path) -> None:
@@ -625,4 +638,5 @@ def test_the_build_runs_as_the_identity_and_on_the_machine_given(spec: dict) -> 
         assert inputs["service_account"] == run["build_service_account"]
         assert inputs["machine_type"] == "E2_HIGHCPU_8"
         assert inputs["base_image"] == run["base_image"]
-    assert _task_inputs(spec, "exec-endpoint-create", run)["labels"] == run["resource_labels"]
+    endpoint = _task_inputs(spec, "exec-endpoint-get-or-create", run)
+    assert endpoint["labels"] == run["resource_labels"]
