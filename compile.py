@@ -407,6 +407,53 @@ def _schedule_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_preflight(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "preflight",
+        help="check that a Google Cloud project is ready for the pipeline",
+        description=(
+            "Read the project with Google's client libraries: the APIs enabled, the Artifact "
+            "Registry repository in the region, the buckets and their location, the roles of "
+            "the run's and the build's service accounts. Prints a table with the gcloud command "
+            "that fixes each miss; exit status 0 when all hold, 1 otherwise."
+        ),
+    )
+    parser.add_argument("--project", required=True, help="Google Cloud project ID")
+    parser.add_argument("--region", default="us-central1", help="the runs' region")
+    parser.add_argument("--repository", default="train-to-serve", help="Artifact Registry repo")
+    parser.add_argument("--pipeline-root", help="gs:// pipeline root of the runs")
+    parser.add_argument("--staging-bucket", help="gs:// staging folder (build contexts)")
+    parser.add_argument("--service-account", help="the account runs execute as")
+    parser.add_argument("--build-service-account", help="the account Cloud Build runs as")
+    parser.set_defaults(handler=_preflight)
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from pipelines.preflight import Clients, preflight, table
+
+    buckets = [
+        (uri, purpose)
+        for uri, purpose in (
+            (args.pipeline_root, "pipeline root"),
+            (args.staging_bucket, "staging"),
+        )
+        if uri
+    ]
+    findings = preflight(
+        args.project,
+        args.region,
+        clients=Clients.default(args.project),
+        repository=args.repository,
+        buckets=buckets,
+        service_account=args.service_account or "",
+        build_service_account=args.build_service_account or "",
+    )
+    print(table(findings))
+    missing = [f for f in findings if not f.ok]
+    print(f"\n{len(missing)} of {len(findings)} checks failed" if missing else "\nall checks hold")
+    return 1 if missing else 0
+
+
 def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
     from components import vertex
     from components.contract import CheckSettings
@@ -705,6 +752,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run_local,
     _add_submit,
     _add_schedule,
+    _add_preflight,
     _add_check_contract,
     _add_endpoints,
     _add_batch_predict,
