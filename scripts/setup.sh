@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create the project's virtualenv (.venv) and install the project with its serve, dev and
 # tensorflow extras (TensorFlow: ~20 s more to install from a warm cache, ~1.3 GB in the venv).
-# Idempotent: reinstalls only when pyproject.toml or the extras changed since the last install.
+# Versions: components/constraints.txt, the ones the project is tested with (the components
+# image installs the same). Idempotent: reinstalls only when pyproject.toml, the constraints
+# or the extras changed since the last install.
 # Settings: PYTHON (interpreter to build the venv from; default python3.11, else python3), VENV (.venv).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +20,12 @@ if [[ ! -x $VENV/bin/python ]]; then
     echo "setup: 'python -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
 fi
 EXTRAS=serve,dev,tensorflow
-stamp=$VENV/.installed-$({ cat pyproject.toml; echo "$EXTRAS"; } | sha256sum | cut -c1-16)
+CONSTRAINTS=components/constraints.txt  # the versions the project is tested with
+stamp=$VENV/.installed-$({ cat pyproject.toml "$CONSTRAINTS"; echo "$EXTRAS"; } | sha256sum | cut -c1-16)
 if [[ ! -e $stamp ]]; then
   echo "setup: installing the project and its dependencies into $VENV (a few minutes the first time)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[$EXTRAS]"
+  "$VENV/bin/python" -m pip install --quiet --progress-bar off -c "$CONSTRAINTS" -e ".[$EXTRAS]"
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
 echo "setup: $VENV ready ($("$VENV/bin/python" -V))"

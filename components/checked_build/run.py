@@ -125,7 +125,9 @@ def build_and_check(
         credentials=credentials,
     )
     image, staging, bucket = target.image, target.staging, target.bucket
-    context_object = stage_context(model_dir, bake_model, staging, bucket, check_sample=True)
+    context_object = stage_context(
+        model_dir, bake_model, staging, bucket, check_sample=True, pins=target.plan.pins
+    )
     request = checked_build_request(
         image,
         staging,

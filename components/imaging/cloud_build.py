@@ -203,16 +203,17 @@ def stage_context(
     bucket: Any,
     *,
     check_sample: bool = False,
+    pins: Mapping[str, str] | None = None,
 ) -> str:
     """Pack the build context (with the model when ``bake_model``, with its sample as
-    ``check-sample/`` when ``check_sample``) and upload it to
+    ``check-sample/`` when ``check_sample``, the requirements with ``pins``) and upload it to
     ``{staging}/train-to-serve/build-image/contexts/<sha256>.tar.gz`` (skipped when that
     object exists: same name, same bytes); return the object name."""
     from google.api_core import exceptions
 
     with tempfile.TemporaryDirectory(prefix="tts-cloud-build-") as scratch:
         context = assemble_build_context(
-            Path(scratch) / "context", model_dir if bake_model else None
+            Path(scratch) / "context", model_dir if bake_model else None, pins=pins
         )
         if check_sample:
             add_check_sample(context, model_dir)
@@ -398,7 +399,7 @@ def build_with_cloud_build(
         credentials=credentials,
     )
     image, staging, bucket = target.image, target.staging, target.bucket
-    context_object = stage_context(model_dir, bake_model, staging, bucket)
+    context_object = stage_context(model_dir, bake_model, staging, bucket, pins=target.plan.pins)
     request = cloud_build_request(
         image,
         staging,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from components.imaging.names import BuildImageInputError
@@ -29,6 +30,7 @@ def assemble_build_context(
     model_dir: str | Path | None = None,
     *,
     source_dir: str | Path | None = None,
+    pins: Mapping[str, str] | None = None,
 ) -> Path:
     """Lay out a serving-image build context in ``dest`` and return it.
 
@@ -37,6 +39,7 @@ def assemble_build_context(
     ``server/`` package from ``source_dir`` (default: ``serving_image_dir()``), and,
     when ``model_dir`` is given, a copy of it as ``model/`` (baked into the image at
     ``/model``). Without a model the image loads one from ``AIP_STORAGE_URI`` at start.
+    ``pins`` (library -> version) replace the requirement file's pins (``pin_requirements``).
     ``dest`` must not exist or be empty.
     """
     source = Path(source_dir) if source_dir is not None else serving_image_dir()
@@ -52,6 +55,8 @@ def assemble_build_context(
     shutil.copy2(source / "Dockerfile", out / "Dockerfile")
     for requirements in sorted(source.glob("requirements*.txt")):
         shutil.copy2(requirements, out / requirements.name)
+    if pins:
+        pin_requirements(out / "requirements.txt", pins)
     if (source / ".dockerignore").is_file():
         shutil.copy2(source / ".dockerignore", out / ".dockerignore")
     shutil.copytree(
@@ -63,6 +68,29 @@ def assemble_build_context(
             raise BuildImageInputError(f"model directory {model} does not exist")
         shutil.copytree(model, out / "model")
     return out
+
+
+def pin_requirements(path: Path, pins: Mapping[str, str]) -> None:
+    """Rewrite the requirements file at ``path`` with ``pins``' versions for those libraries;
+    when one differs from the file's, ``scipy`` is left for pip to match (scikit-learn's own
+    dependency, built for a numpy range)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    changed = False
+    out = []
+    for line in lines:
+        name, sep, version = line.partition("==")
+        key = name.strip().lower()
+        if sep and key in pins and pins[key] != version.strip():
+            line, changed = f"{name.strip()}=={pins[key]}", True
+        out.append(line)
+    if changed:
+        out = [
+            "scipy  # matched by pip to the model's numpy and scikit-learn"
+            if line.partition("==")[0].strip().lower() == "scipy"
+            else line
+            for line in out
+        ]
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
 
 
 CHECK_SAMPLE_DIR = "check-sample"

@@ -258,11 +258,13 @@ def build_serving_image(
     source_dir: str | Path | None = None,
     timeout: float = 3600,
     framework: str = "",
+    pins: Mapping[str, str] | None = None,
 ) -> BuildResult:
-    """Assemble a context (``assemble_build_context``) in a temporary directory and build it
-    with ``BASE_IMAGE`` from ``choose_base_image`` unless ``base_image`` is given, and
-    ``FRAMEWORK`` (the Dockerfile's choice of requirements) from ``framework``, else from
-    ``model_dir``'s manifest, else the Dockerfile's default (scikit-learn)."""
+    """Assemble a context (``assemble_build_context``, with ``pins`` for the requirements) in
+    a temporary directory and build it with ``BASE_IMAGE`` from ``choose_base_image`` unless
+    ``base_image`` is given, and ``FRAMEWORK`` (the Dockerfile's choice of requirements) from
+    ``framework``, else from ``model_dir``'s manifest, else the Dockerfile's default
+    (scikit-learn)."""
     if not framework and model_dir is not None:
         framework = str(artifact.read_manifest(model_dir)["framework"])
     args = {
@@ -272,7 +274,7 @@ def build_serving_image(
     }
     with tempfile.TemporaryDirectory(prefix="tts-context-") as scratch:
         context = assemble_build_context(
-            Path(scratch) / "context", model_dir, source_dir=source_dir
+            Path(scratch) / "context", model_dir, source_dir=source_dir, pins=pins
         )
         return build(engine, context, tag, args, on_line=on_line, labels=labels, timeout=timeout)
 
@@ -377,6 +379,7 @@ def build_local(
         on_line=on_line or (lambda line: logger.info("%s", line)),
         labels=plan.labels,
         framework=plan.framework,
+        pins=plan.pins,
     )
     name = tagged.rsplit(":", 1)[0]
     digest = _local_digest(engine, result.image_id, name)

@@ -1,15 +1,19 @@
 """What to build for a model: the image's framework, its pinned library versions, labels, tag.
 
-A model is never built into an image that would load it with other library versions: the
-model's versions (from ``model_manifest.json``) are compared with the serving image's pinned
-requirements before any build.
+A model is never built into an image that would load it with other library versions. A
+scikit-learn model's image installs exactly the versions its manifest records
+(``BuildPlan.pins``), if they are within ``SUPPORTED_VERSIONS``, the range this project
+builds and contract-checks (its oldest and newest, in CI); a model trained elsewhere in that
+range gets its matching image, and a new upstream release breaks nothing. A version outside
+the range is refused before any build, the range named. A TensorFlow model's versions must
+equal the image's pins.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,14 @@ FRAMEWORK_PINS = {
     "tensorflow-gpu": ("tensorflow", "keras", "numpy"),
 }
 """Per model framework, the libraries whose training version the image must pin."""
+SUPPORTED_VERSIONS = {
+    "scikit-learn": ("1.5.2", "1.9.1"),
+    "numpy": ("1.26.4", "2.4.6"),
+    "pandas": ("2.2.3", "3.1.1"),
+}
+"""(oldest, newest) version of each scikit-learn model library the serving image installs as
+the model records it; the newest are ``serving_image/requirements.txt``'s pins, and CI builds
+and checks an image for a model trained with the oldest."""
 DISTRIBUTION_ALIASES = {"tensorflow-cpu": "tensorflow"}
 """Requirement names that install another distribution's module (same version numbers)."""
 DEFAULT_IMAGE_NAME = "train-to-serve-model"
@@ -41,6 +53,9 @@ class BuildPlan:
     labels: dict[str, str]
     framework: str
     """The ``FRAMEWORK`` build argument."""
+    pins: dict[str, str] = field(default_factory=dict)
+    """Library versions the image installs in place of its requirement files' pins (the
+    model's own, for a scikit-learn model)."""
 
 
 @dataclass(frozen=True)
@@ -93,15 +108,16 @@ def requirements_files(framework: str) -> list[Path]:
 def check_library_versions(
     manifest: Mapping[str, Any], requirements: Path | Sequence[Path]
 ) -> dict[str, str]:
-    """Compare the model's library versions (``FRAMEWORK_PINS`` of its framework) with the
-    pins of the image's requirement files.
+    """The model's versions of its framework's libraries (``FRAMEWORK_PINS``), checked: a
+    scikit-learn model's within ``SUPPORTED_VERSIONS`` (the image installs them), another
+    framework's equal to the pins of the image's requirement files.
 
-    Returns the model's versions of those libraries. A manifest without ``libraries``
-    (hand-made models) is logged and passes: the server's load-time self-check still guards it.
+    A manifest without ``libraries`` (hand-made models) is logged and passes: the server's
+    load-time self-check still guards it.
 
     Raises:
-        BuildImageInputError: a version differs; building would give an image that refuses
-            (or, worse, mis-reads) the model.
+        BuildImageInputError: a version outside the range, or unequal to the pin; building
+            would give an image that refuses (or, worse, mis-reads) the model.
     """
     libraries = manifest.get("libraries") or {}
     if not libraries:
@@ -110,10 +126,14 @@ def check_library_versions(
             requirements,
         )
         return {}
+    framework = str(manifest.get("framework", "scikit-learn"))
+    pinned = FRAMEWORK_PINS.get(framework, PINNED_LIBRARIES)
+    versions = {name: str(libraries[name]) for name in pinned if name in libraries}
+    if framework == "scikit-learn":
+        check_supported(versions)
+        return versions
     files = [requirements] if isinstance(requirements, Path) else list(requirements)
     pins = {name: v for path in files for name, v in read_pinned_requirements(path).items()}
-    pinned = FRAMEWORK_PINS.get(str(manifest.get("framework", "scikit-learn")), PINNED_LIBRARIES)
-    versions = {name: str(libraries[name]) for name in pinned if name in libraries}
     mismatched = {
         name: (version, pins.get(name, "unpinned"))
         for name, version in versions.items()
@@ -129,6 +149,27 @@ def check_library_versions(
             "the pinned versions, or change the pins to the model's and rebuild"
         )
     return versions
+
+
+def check_supported(versions: Mapping[str, str]) -> None:
+    """``BuildImageInputError`` naming the range for each version outside
+    ``SUPPORTED_VERSIONS``."""
+    from packaging.version import InvalidVersion, Version
+
+    outside = []
+    for name, version in versions.items():
+        oldest, newest = SUPPORTED_VERSIONS[name]
+        try:
+            fits = Version(oldest) <= Version(version) <= Version(newest)
+        except InvalidVersion:
+            fits = False
+        if not fits:
+            outside.append(f"{name} {version} (supported: {oldest} to {newest})")
+    if outside:
+        raise BuildImageInputError(
+            f"the model was trained with {', '.join(outside)}: the serving image is built and "
+            "checked for those ranges only; retrain with versions inside them"
+        )
 
 
 def image_labels(
@@ -170,4 +211,5 @@ def prepare(model_dir: str | Path, bake_model: bool, gpu: bool) -> BuildPlan:
     manifest = artifact.read_manifest(model_dir)
     framework = image_framework(str(manifest["framework"]), gpu)
     versions = check_library_versions(manifest, requirements_files(framework))
-    return BuildPlan(manifest, image_labels(manifest, bake_model, versions), framework)
+    pins = versions if framework == "scikit-learn" else {}
+    return BuildPlan(manifest, image_labels(manifest, bake_model, versions), framework, pins)

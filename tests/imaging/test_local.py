@@ -21,10 +21,10 @@ def test_a_model_trained_with_other_library_versions_is_refused_before_building(
 ) -> None:
     model = shutil.copytree(penguins_model_dir, tmp_path / "model")
     manifest = artifact.read_manifest(model)
-    manifest["libraries"]["scikit-learn"] = "1.5.2"
+    manifest["libraries"]["scikit-learn"] = "1.4.2"  # older than the oldest supported
     (model / artifact.MANIFEST_FILE).write_text(json.dumps(manifest))
     monkeypatch.setenv(ENGINE_ENV, "/nonexistent/container-engine")  # never reached
-    with pytest.raises(BuildImageInputError, match=r"scikit-learn 1\.5\.2 \(image: "):
+    with pytest.raises(BuildImageInputError, match=r"scikit-learn 1\.4\.2 \(supported: "):
         build_local(model, LOCAL_NAME)
 
 

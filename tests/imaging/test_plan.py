@@ -5,10 +5,11 @@ from typing import Any
 
 import pytest
 
-from components.imaging.context import serving_image_dir
+from components.imaging.context import assemble_build_context, serving_image_dir
 from components.imaging.names import BuildImageInputError
 from components.imaging.plan import (
     PINNED_LIBRARIES,
+    SUPPORTED_VERSIONS,
     check_library_versions,
     default_tag,
     image_framework,
@@ -24,21 +25,54 @@ def _manifest_with(**libraries: str) -> dict[str, Any]:
     return {"model_sha256": "0" * 64, "libraries": libraries}
 
 
-def test_the_model_library_versions_must_equal_the_image_pins(tmp_path: Path) -> None:
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("# pins\nscikit-learn==1.9.1  # same as training\nnumpy==2.4.6\n")
-    ok = _manifest_with(**{"scikit-learn": "1.9.1", "numpy": "2.4.6", "joblib": "1.0"})
-    assert check_library_versions(ok, requirements) == {
-        "scikit-learn": "1.9.1",
-        "numpy": "2.4.6",
-    }
-    old = _manifest_with(**{"scikit-learn": "1.5.2", "numpy": "2.4.6", "pandas": "2.2.3"})
+def test_a_scikit_learn_models_versions_must_be_within_the_supported_range(
+    tmp_path: Path,
+) -> None:
+    requirements = serving_image_dir() / "requirements.txt"
+    oldest = {name: low for name, (low, _) in SUPPORTED_VERSIONS.items()}
+    within = _manifest_with(**oldest, joblib="1.0")
+    assert check_library_versions(within, requirements) == oldest
+    outside = _manifest_with(**{**oldest, "scikit-learn": "1.4.2", "pandas": "3.9.0"})
     with pytest.raises(BuildImageInputError) as caught:
-        check_library_versions(old, requirements)
+        check_library_versions(outside, requirements)
     message = str(caught.value)
-    assert "scikit-learn 1.5.2 (image: 1.9.1)" in message
-    assert "pandas 2.2.3 (image: unpinned)" in message
-    assert "numpy" not in message.split(";")[0]
+    low, high = SUPPORTED_VERSIONS["scikit-learn"]
+    assert f"scikit-learn 1.4.2 (supported: {low} to {high})" in message
+    assert "pandas 3.9.0 (supported: " in message and "numpy" not in message
+
+
+def test_the_newest_supported_versions_are_the_images_pins() -> None:
+    pins = read_pinned_requirements(serving_image_dir() / "requirements.txt")
+    assert {name: high for name, (_, high) in SUPPORTED_VERSIONS.items()} == {
+        name: pins[name] for name in SUPPORTED_VERSIONS
+    }
+
+
+def test_a_tensorflow_models_versions_must_equal_the_image_pins(tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# pins\ntensorflow-cpu==2.20.0\nkeras==3.11.0  # x\nnumpy==2.4.6\n")
+    ok = _manifest_with(tensorflow="2.20.0", keras="3.11.0", numpy="2.4.6")
+    ok["framework"] = "tensorflow"
+    assert check_library_versions(ok, requirements)["tensorflow"] == "2.20.0"
+    other = {**ok, "libraries": {**ok["libraries"], "keras": "3.10.0"}}
+    with pytest.raises(BuildImageInputError, match=r"keras 3\.10\.0 \(image: 3\.11\.0\)"):
+        check_library_versions(other, requirements)
+
+
+def test_the_context_installs_the_models_versions_and_lets_pip_match_scipy(tmp_path: Path) -> None:
+    oldest = {name: low for name, (low, _) in SUPPORTED_VERSIONS.items()}
+    context = assemble_build_context(tmp_path / "ctx", pins=oldest)
+    pins = read_pinned_requirements(context / "requirements.txt")
+    assert {name: pins[name] for name in oldest} == oldest
+    assert "scipy" not in pins and "\nscipy  #" in (context / "requirements.txt").read_text()
+    same = assemble_build_context(tmp_path / "same", pins={"numpy": pins_of_image("numpy")})
+    assert (same / "requirements.txt").read_text() == (
+        serving_image_dir() / "requirements.txt"
+    ).read_text()
+
+
+def pins_of_image(name: str) -> str:
+    return read_pinned_requirements(serving_image_dir() / "requirements.txt")[name]
 
 
 def test_the_project_trains_with_the_versions_the_serving_image_pins(
