@@ -59,6 +59,15 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     }
     for parameter in SHARED_PARAMETERS:
         default = parameter.default
+        if isinstance(default, bool):  # a switch: given means true
+            parser.add_argument(
+                parameter.flag,
+                dest=parameter.name,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=parameter.help,
+            )
+            continue
         shown = ",".join(default) if isinstance(default, list) else json.dumps(default)
         parser.add_argument(
             parameter.flag,
@@ -94,11 +103,6 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
         help="jsonl or csv file(s) (path or glob) to batch-predict (default: the data's rows)",
     )
     parser.add_argument(
-        "--keep-endpoints",
-        action="store_true",
-        help="keep earlier local endpoints of the same model running (default: undeploy them)",
-    )
-    parser.add_argument(
         "--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where runs are written"
     )
     parser.add_argument(
@@ -125,7 +129,6 @@ def _run_local(args: argparse.Namespace) -> int:
             output_dir=args.output_dir,
             parameters=given,
             batch_instances=args.batch_instances,
-            keep_endpoints=args.keep_endpoints,
             serving=args.serving,
         )
     )
@@ -583,11 +586,12 @@ def _add_endpoints(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "endpoints",
-        help="list, call or undeploy the local endpoints that run-local deploys",
+        help="list, call, split traffic on or undeploy the local endpoints run-local deploys",
         description=(
-            "The local stand-in for Vertex AI endpoints: each is a serving container started by "
-            "run-local's deploy step (components/stand_ins/endpoints.py) and recorded in "
-            "--endpoints-dir. Undeploy stops and removes the container."
+            "The local stand-in for Vertex AI endpoints (components/stand_ins/endpoints.py): "
+            "each holds one or more deployed models (a serving container each, started by "
+            "run-local's deploy step) behind a router on its own port that splits the traffic "
+            "between them; recorded in --endpoints-dir."
         ),
     )
     common = argparse.ArgumentParser(add_help=False)
@@ -598,7 +602,11 @@ def _add_endpoints(subparsers: argparse._SubParsersAction) -> None:
         help="where the endpoints are recorded (default: %(default)s)",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", parents=[common], help="one JSON line per endpoint, with status")
+    actions.add_parser(
+        "list",
+        parents=[common],
+        help="one JSON line per endpoint: router status, traffic split, deployed models",
+    )
     predict = actions.add_parser(
         "predict", parents=[common], help="send instances to an endpoint, print the response"
     )
@@ -610,40 +618,95 @@ def _add_endpoints(subparsers: argparse._SubParsersAction) -> None:
         help='.jsonl: one instance per line; .json: a list, or {"instances": [...]}',
     )
     predict.add_argument("--parameters", type=_json_object, help="JSON object sent as parameters")
+    split = actions.add_parser(
+        "traffic",
+        parents=[common],
+        help="set an endpoint's traffic split (the router applies it from the next request)",
+    )
+    split.add_argument("endpoint", help="endpoint id (or its resource name)")
+    split.add_argument(
+        "--split",
+        required=True,
+        help="DEPLOYED_MODEL_ID=PERCENT,... adding up to 100, e.g. 1234=90,5678=10",
+    )
+    rollback = actions.add_parser(
+        "rollback",
+        parents=[common],
+        help="restore the traffic split before the last change or deploy",
+    )
+    rollback.add_argument("endpoint", help="endpoint id (or its resource name)")
     undeploy = actions.add_parser(
-        "undeploy", parents=[common], help="stop and remove an endpoint's container"
+        "undeploy",
+        parents=[common],
+        help="undeploy one deployed model, or a whole endpoint (router and containers)",
     )
     which = undeploy.add_mutually_exclusive_group(required=True)
     which.add_argument("endpoint", nargs="?", help="endpoint id (or its resource name)")
     which.add_argument("--all", action="store_true", help="every endpoint in --endpoints-dir")
+    undeploy.add_argument(
+        "--deployed-model",
+        metavar="DMID",
+        help="only this deployed model (its share goes to the others in proportion)",
+    )
     parser.set_defaults(handler=_endpoints)
 
 
 def _endpoints(args: argparse.Namespace) -> int:
     from components import stand_ins as le
     from components.runners import RunnerError
+    from components.traffic import TrafficSplitError, format_split, parse_split
 
+    directory = args.endpoints_dir
     try:
         if args.action == "list":
-            return _endpoints_list(args.endpoints_dir)
+            return _endpoints_list(directory)
         if args.action == "predict":
             instances, parameters = le.read_instances(args.instances)
             if args.parameters is not None:
                 parameters = args.parameters
-            response = le.predict(
-                args.endpoint, instances, parameters, endpoints_dir=args.endpoints_dir
-            )
+            response = le.predict(args.endpoint, instances, parameters, endpoints_dir=directory)
             print(json.dumps(response, indent=2))
             return 0
-        ids = [e.endpoint_id for e in le.list_endpoints(args.endpoints_dir)]
-        for endpoint_id in ids if args.all else [args.endpoint]:
-            seconds = le.undeploy(endpoint_id, endpoints_dir=args.endpoints_dir)
+        if args.action in ("traffic", "rollback"):
+            if args.action == "traffic":
+                split = parse_split(args.split)
+                endpoint = le.set_traffic(args.endpoint, split, endpoints_dir=directory)
+            else:
+                endpoint = le.rollback_traffic(args.endpoint, endpoints_dir=directory)
+            print(
+                f"endpoint {endpoint.endpoint_id}: traffic {format_split(endpoint.traffic_split)} "
+                f"(was {format_split(endpoint.previous_traffic_split)})"
+            )
+            return 0
+        if args.deployed_model:
+            if args.all:
+                raise UsageError("--deployed-model names one endpoint's model; leave out --all")
+            endpoint = le.get_endpoint(args.endpoint, directory)
+            seconds = le.undeploy_model(
+                endpoint.endpoint_id, args.deployed_model, endpoints_dir=directory
+            )
+            now = le.get_endpoint(endpoint.endpoint_id, directory)
             stopped = f"stopped in {seconds:.1f} s" if seconds is not None else "was not running"
-            print(f"undeployed {endpoint_id} (container {stopped})")
-        if args.all and not ids:
-            print(f"no endpoints in {args.endpoints_dir}", file=sys.stderr)
+            print(
+                f"undeployed {args.deployed_model} from {endpoint.endpoint_id} (container "
+                f"{stopped}); traffic {format_split(now.traffic_split)}"
+            )
+            return 0
+        endpoints = (
+            le.list_endpoints(directory)
+            if args.all
+            else [le.get_endpoint(args.endpoint, directory)]
+        )
+        for endpoint in endpoints:
+            seconds = le.undeploy(endpoint.endpoint_id, endpoints_dir=directory)
+            count = len(endpoint.deployed_models)
+            stopped = f"stopped in {seconds:.1f} s" if seconds is not None else "not running"
+            noun = "container" if count == 1 else f"{count} containers"
+            print(f"undeployed {endpoint.endpoint_id} ({noun} {stopped}, router stopped)")
+        if args.all and not endpoints:
+            print(f"no endpoints in {directory}", file=sys.stderr)
         return 0
-    except le.EndpointInputError as exc:
+    except (le.EndpointInputError, TrafficSplitError) as exc:
         raise UsageError(str(exc)) from None
     except (le.EndpointError, RunnerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -658,9 +721,19 @@ def _endpoints_list(endpoints_dir: Path) -> int:
         row = {
             "endpoint": endpoint.endpoint_id,
             "display_name": endpoint.display_name,
-            "model": endpoint.model,
             "url": endpoint.url,
-            "status": le.container_status(endpoint),
+            "router": le.router_status(endpoint, endpoints_dir),
+            "traffic_split": endpoint.traffic_split,
+            "deployed_models": [
+                {
+                    "id": deployed.id,
+                    "model": deployed.model,
+                    "status": le.container_status(deployed)
+                    + ("" if deployed.ready else ", not ready (deploy did not finish)"),
+                    "traffic": endpoint.traffic_split.get(deployed.id, 0),
+                }
+                for deployed in endpoint.deployed_models
+            ],
             "created": endpoint.create_time,
         }
         print(json.dumps(row))

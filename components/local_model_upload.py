@@ -48,8 +48,11 @@ def local_model_upload(
     Returns:
         model: The new version. ``metadata.resourceName`` is
             ``projects/local/locations/local/models/ID@VERSION`` (version-pinned, like GCPC's
-            ``VertexModel``); ``uri`` is the version's directory in the registry.
+            ``VertexModel``); ``metadata.registryDir`` the registry; ``uri`` is the
+            version's directory in the registry.
     """
+    from pathlib import Path
+
     from components.stand_ins import RegistryError, upload_model
     from components.vertex import UNMANAGED_CONTAINER_MODEL
 
@@ -83,6 +86,7 @@ def local_model_upload(
             "versionId": version.version_id,
             "versionAliases": list(version.version_aliases),
             "parentModel": version.parent_model,
+            "registryDir": str(Path(registry_dir).resolve()),
         }
     )
     print(

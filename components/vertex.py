@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from serving_image.server import config as server_config
@@ -40,6 +41,8 @@ MACHINE_TYPE = "n1-standard-2"
 ``dedicatedResources`` machine)."""
 RESERVED_PREFIX = "AIP_"
 """Vertex sets the variables with this prefix and overwrites any the image or spec sets."""
+DEFAULT_ALIAS = "default"
+"""The version alias Vertex resolves a model name without a version to: the serving one."""
 UNMANAGED_CONTAINER_MODEL = "google.UnmanagedContainerModel"
 """Schema title of the artifact GCPC's ``ModelUploadOp`` and ``ModelBatchPredictOp`` take."""
 
@@ -195,3 +198,21 @@ def unmanaged_container_model_metadata(
     if probe:
         spec["startupProbe"] = dict(probe)
     return {"containerSpec": spec, "predictSchemata": {}}
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    """One model deployed on an endpoint (Vertex's ``DeployedModel``, the fields a rollout
+    reads)."""
+
+    id: str
+    model: str
+    """The model's resource name, without a version: ``projects/P/locations/L/models/ID``."""
+    version_id: str
+    create_time: str = ""
+    """RFC 3339, fixed width; orders two deployments of the same version."""
+
+    @property
+    def version_name(self) -> str:
+        """``projects/P/locations/L/models/ID@VERSION``."""
+        return f"{self.model}@{self.version_id}"

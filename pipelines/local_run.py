@@ -48,9 +48,9 @@ from components.runners import (
     RunnerError,
     detect_engine,
 )
-from components.stand_ins import BatchInputError, list_endpoints, resolve_inputs, undeploy
+from components.stand_ins import BatchInputError, resolve_inputs
 from components.training import TrainingInputError, load_table
-from pipelines.parameters import DEFAULTS
+from pipelines.parameters import DEFAULTS, check_rollout
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 DEFAULT_GATES = {"classification": ("accuracy", 0.8), "regression": ("r2", 0.5)}
@@ -62,9 +62,12 @@ STEPS = (
     "evaluation-gate",
     "local-model-upload",
     "local-model-deploy",
+    "smoke-test",
+    "promote",
     "local-batch-predict",
 )
-"""The pipeline's tasks in DAG order (kfp.local's task names)."""
+"""The pipeline's tasks in DAG order (kfp.local's task names) on a run that ships; a failed
+smoke test runs ``roll-back`` in place of ``promote``."""
 SUMMARY_FILE = "summary.json"
 SERVING_MODES = ("container", PROCESS)
 """How the run serves the model: the image in podman/docker, or process mode."""
@@ -88,8 +91,6 @@ class LocalRunOptions:
     ``DEFAULT_GATES[task]``."""
     batch_instances: str = ""
     """jsonl/csv file(s) to predict; empty: every row of the training table."""
-    keep_endpoints: bool = False
-    """Keep earlier local endpoints of the same model running (default: undeploy them)."""
     serving: str = "container"
     """``container`` (podman/docker) or ``process`` (process mode: no engine needed, weaker;
     also chosen by ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process``)."""
@@ -244,7 +245,21 @@ def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str,
         }
     endpoint = out["local-model-deploy"].get("endpoint", {}).get("metadata", {})
     if endpoint:
-        summary["endpoint"] = {key: endpoint.get(key) for key in ("resourceName", "url")}
+        summary["endpoint"] = {
+            key: endpoint.get(key) for key in ("resourceName", "url", "deployedModelId")
+        }
+    record = out["promote"].get("record_json", {}).get("uri")
+    if record:
+        rollout = json.loads(Path(_uri_path(record)).read_text())
+        summary["rollout"] = {
+            "decision": rollout["decision"],
+            "record": _uri_path(out["promote"]["record"]["uri"]),
+            "traffic_before": rollout["rollout"]["trafficBefore"],
+            "traffic_after": rollout["rollout"]["trafficAfter"],
+            "default_alias_moved": rollout["rollout"]["aliasMoved"],
+            "undeployed": rollout["rollout"]["undeployed"],
+            "smoke_latency_ms": rollout["smokeTest"]["latencyMs"]["p50"],
+        }
     job = out["local-batch-predict"].get("batch_prediction_job", {}).get("metadata", {})
     if job:
         counted = job["summary"]  # the runner's BatchSummary, counted from its output files
@@ -258,19 +273,6 @@ def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str,
     summary["step_seconds"] = {s: clock.seconds[s] for s in STEPS if s in clock.seconds}
     summary["wall_seconds"] = round(wall_seconds, 2)
     return summary
-
-
-def _replace_earlier_endpoints(endpoints_dir: Path, summary: dict[str, Any]) -> list[str]:
-    """Undeploy the other local endpoints of this model; their resource names."""
-    new = summary.get("endpoint", {}).get("resourceName")
-    version = summary.get("model_version", {}).get("resourceName", "")
-    model = version.split("@", 1)[0]
-    replaced = []
-    for endpoint in list_endpoints(endpoints_dir):
-        if endpoint.resource_name != new and endpoint.model.split("@", 1)[0] == model:
-            undeploy(endpoint.endpoint_id, endpoints_dir=endpoints_dir)
-            replaced.append(endpoint.resource_name)
-    return replaced
 
 
 def run_local(options: LocalRunOptions, out: TextIO | None = None) -> dict[str, Any]:
@@ -312,6 +314,10 @@ def _run_pipeline(
 
     root = options.output_dir.resolve()
     parameters = options.pipeline_arguments()
+    try:
+        check_rollout(parameters)
+    except ValueError as exc:
+        raise LocalRunError(str(exc)) from exc
     instances = options.batch_instances
     if instances:  # a missing file must stop the run now, not after training and deploying
         try:
@@ -357,8 +363,6 @@ def _run_pipeline(
         sys.stdout = saved
     run_dir = _newest_run(root, LOCAL_PIPELINE_NAME, began)
     summary = {"serving": serving, **summarize(run_dir, clock, time.monotonic() - started)}
-    if summary.get("endpoint") and not options.keep_endpoints:
-        summary["replaced_endpoints"] = _replace_earlier_endpoints(root / "endpoints", summary)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     summary["summary_file"] = str(run_dir / SUMMARY_FILE)
     return summary
@@ -386,8 +390,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     if endpoint := summary.get("endpoint"):
         lines.append(f"endpoint: {endpoint['resourceName']}: POST {endpoint['url']}")
-    for name in summary.get("replaced_endpoints", []):
-        lines.append(f"undeployed the earlier endpoint {name}")
+    if rollout := summary.get("rollout"):
+        lines.append(
+            f"rollout: {rollout['decision']} after a passed smoke test (median "
+            f"{rollout['smoke_latency_ms']} ms); traffic {rollout['traffic_before']} -> "
+            f"{rollout['traffic_after']}; default alias "
+            f"{'moved' if rollout['default_alias_moved'] else 'not moved'}; undeployed "
+            f"{', '.join(rollout['undeployed']) or 'nothing'}; record {rollout['record']}"
+        )
     if batch := summary.get("batch"):
         stats = batch["completionStats"] or {}
         lines.append(

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from components.rollout.steps import DEFAULT_ALIAS, PROMOTE_ALL, PROMOTE_CHOICES
 from components.stand_ins.batch_inputs import FORMATS
 from components.stand_ins.batch_runner import DEFAULT_BATCH_SIZE
-from components.stand_ins.registry import DEFAULT_ALIAS
 from components.training import FRAMEWORKS
 from serving_image.server.artifact import TASKS
 
@@ -65,7 +65,29 @@ SHARED_PARAMETERS = (
         "parent_model", "", "resource name of an existing model: upload as its new version"
     ),
     SharedParameter(
-        "version_aliases", [DEFAULT_ALIAS], "aliases of the new version (default: serve it)"
+        "version_aliases",
+        [],
+        f"more aliases of the new version ({DEFAULT_ALIAS!r} moves to it only after its smoke "
+        "test on the endpoint passes)",
+    ),
+    SharedParameter("endpoint_display_name", "train-to-serve", "the endpoint, found by name"),
+    SharedParameter(
+        "canary_traffic_percent",
+        0,
+        "the new version's share of the endpoint's traffic until its smoke test passes (0: "
+        "smoke test only; Vertex routes by the split alone, so 0 becomes 1% there when the "
+        "endpoint serves another model)",
+    ),
+    SharedParameter(
+        "promote",
+        PROMOTE_ALL,
+        "after a passed smoke test: all traffic to the new version, or stay at the canary share",
+        PROMOTE_CHOICES,
+    ),
+    SharedParameter(
+        "keep_previous_deployments",
+        False,
+        "keep the previous deployed models on the endpoint (at 0%) after a promotion",
     ),
     SharedParameter("batch_instances_format", "jsonl", "format of the batch input", FORMATS),
     SharedParameter(
@@ -290,3 +312,22 @@ def read_parameter_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ParameterError(f"parameter file {path} must hold a mapping of name: value")
     return data
+
+
+def check_rollout(values: Mapping[str, Any]) -> None:
+    """The rollout parameters both pipelines take; ``ValueError`` naming the fault."""
+    aliases = values.get("version_aliases") or []
+    if DEFAULT_ALIAS in aliases:
+        raise ValueError(
+            f"version_aliases names {DEFAULT_ALIAS!r}: the rollout moves it to the new version "
+            "only after its smoke test on the endpoint passes (an upload with it would make "
+            "the unchecked version the model's default); drop it"
+        )
+    share = values.get("canary_traffic_percent", 0)  # a compiled spec's default is a float
+    whole = isinstance(share, int) or (isinstance(share, float) and share.is_integer())
+    if isinstance(share, bool) or not whole or not 0 <= share <= 100:
+        raise ValueError(f"canary_traffic_percent {share!r}: a whole percent from 0 to 100")
+    if values.get("promote", PROMOTE_ALL) not in PROMOTE_CHOICES:
+        raise ValueError(
+            f"promote {values.get('promote')!r}: use one of {', '.join(PROMOTE_CHOICES)}"
+        )

@@ -1,25 +1,32 @@
 """The train-to-serve pipeline, for Vertex AI Pipelines and for kfp's local runner.
 
 train -> build and contract-check the image -> evaluation gate -> upload (a new version of
-an existing model, or a new model) -> in parallel: deploy to an endpoint, and a batch
-prediction job (on a GPU on Vertex; a TensorFlow model's job runs the GPU variant of its
-image). On Vertex the image is built, checked and pushed in one Cloud Build
-(``build_and_check``: a task there has no container engine); locally ``build_image`` and
-``contract_check`` run with podman or docker.
+an existing model, or a new model; the ``default`` alias not moved yet) -> in parallel: the
+rollout on the endpoint, and a batch prediction job (on a GPU on Vertex; a TensorFlow model's
+job runs the GPU variant of its image). The rollout: deploy next to the serving version at a
+canary share -> smoke test through the endpoint -> promote (traffic, ``default`` alias, the
+previous version undeployed, the promotion record) or roll back (traffic as before, the new
+deployed model undeployed, the run failed with the smoke test's findings). On Vertex the
+image is built, checked and pushed in one Cloud Build (``build_and_check``: a task there has
+no container engine); locally ``build_image`` and ``contract_check`` run with podman or
+docker.
 
 One factory, ``build_pipeline(components_image, backend)``, defines both variants from the
-same first half (``_train_build_check_gate``); only the three Vertex resource steps differ:
+same first half (``_train_build_check_gate``); only the Vertex resource steps differ:
 
-* ``backend="vertex"``: Google's own components (GCPC ``ModelUploadOp``, ``EndpointCreateOp``,
-  ``ModelDeployOp``, ``ModelBatchPredictOp``), each given ``location`` explicitly (GCPC
-  defaults it to us-central1 whatever the run's region);
+* ``backend="vertex"``: Google's own components (GCPC ``ModelUploadOp``, ``ModelDeployOp``,
+  ``ModelBatchPredictOp``), each given ``location`` explicitly (GCPC defaults it to
+  us-central1 whatever the run's region), and ours where GCPC has none (the endpoint found by
+  name, the canary's traffic split, the smoke test, promote and roll back: the aiplatform
+  SDK);
 * ``backend="local"``: Python stand-ins that ``kfp.local`` can run and that keep Vertex's
   formats (``local_model_upload``, ``local_model_deploy``, ``local_batch_predict``): a
   directory-based model registry, endpoints as long-running local containers, and batch
   prediction files named and shaped as Vertex writes them.
 
 In both, the only way a container spec reaches upload is the contract check's
-``UnmanagedContainerModel`` output.
+``UnmanagedContainerModel`` output, and the smoke test, promote and roll back are the same
+components (they act on a Vertex or a local endpoint as its resource name says).
 """
 
 from collections.abc import Callable, Collection
@@ -33,6 +40,7 @@ from kfp import dsl
 
 from components.build_and_check import build_and_check
 from components.build_image import build_image
+from components.canary_traffic_split import canary_traffic_split
 from components.contract_check import contract_check
 from components.endpoint_get_or_create import endpoint_get_or_create
 from components.evaluation_gate import evaluation_gate
@@ -41,10 +49,12 @@ from components.imaging import DEFAULT_IMAGE_NAME
 from components.local_batch_predict import local_batch_predict
 from components.local_model_deploy import local_model_deploy
 from components.local_model_upload import local_model_upload
+from components.promote import promote
+from components.roll_back import roll_back
+from components.smoke_test import smoke_test
 from components.train import train
-from components.undeploy_previous import undeploy_previous
 from pipelines.accelerators import check_accelerator
-from pipelines.parameters import TRAINING_PARAMETERS, with_shared_parameters
+from pipelines.parameters import TRAINING_PARAMETERS, check_rollout, with_shared_parameters
 
 PIPELINE_NAME = "train-to-serve"
 
@@ -55,7 +65,10 @@ OUR_COMPONENTS = {
     "build_and_check": build_and_check,
     "evaluation_gate": evaluation_gate,
     "endpoint_get_or_create": endpoint_get_or_create,
-    "undeploy_previous": undeploy_previous,
+    "canary_traffic_split": canary_traffic_split,
+    "smoke_test": smoke_test,
+    "promote": promote,
+    "roll_back": roll_back,
 }
 """The project's own components in the Vertex pipeline, by name (compile exports each as YAML)."""
 LOCAL_STAND_INS = {
@@ -121,6 +134,46 @@ def _upload(
             )
         )
     return dsl.OneOf(as_version.outputs["model"], as_model.outputs["model"])
+
+
+def _rollout(
+    ours: dict[str, Any],
+    shared: dict[str, Any],
+    *,
+    trained: Any,
+    checked: Any,
+    endpoint: Any,
+    model: Any,
+    traffic_before: Any,
+    deployed: Any,
+) -> None:
+    """After the deploy, the same in both backends: the smoke test through the endpoint, then
+    promote on a pass (the ``default`` alias moves only here) or roll back on a failure."""
+    smoke = never_cached(
+        ours["smoke_test"](endpoint=endpoint, model=model, trained_model=trained.outputs["model"])
+    ).after(deployed)
+    evidence = {
+        "endpoint": endpoint,
+        "model": model,
+        "metrics": trained.outputs["metrics"],
+        "container_model": checked.outputs["unmanaged_container_model"],
+        "contract_report": checked.outputs["report"],
+        "smoke_result": smoke.outputs["result"],
+        "traffic_before": traffic_before,
+        "gate_metric": shared["gate_metric"],
+        "gate_threshold": shared["gate_threshold"],
+    }
+    with dsl.If(smoke.outputs["Output"] == True, name="smoke-test-passed"):  # noqa: E712
+        never_cached(
+            ours["promote"](
+                trained_model=trained.outputs["model"],
+                promote=shared["promote"],
+                keep_previous=shared["keep_previous_deployments"],
+                **evidence,
+            )
+        )
+    with dsl.Else(name="smoke-test-failed"):
+        never_cached(ours["roll_back"](**evidence))
 
 
 def _train_build_check_gate(
@@ -204,12 +257,9 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
         base_image: str = "",
         resource_labels: dict = {},  # noqa: B006
         endpoint: str = "",
-        endpoint_display_name: str = "train-to-serve",
         deploy_machine_type: str = "n1-standard-2",
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
-        deploy_traffic_split: dict = {"0": "100"},  # noqa: B006
-        keep_previous_deployments: bool = False,
         batch_predictions_format: str = "jsonl",
         batch_bigquery_source: str = "",
         batch_bigquery_destination: str = "",
@@ -244,14 +294,20 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
             gate_threshold: the bar the metric must meet.
             model_display_name: Model Registry display name (plain text; GCPC does not escape it).
             parent_model: resource name of an existing model: the upload becomes its new version.
-            version_aliases: aliases of the new version; keep ``default`` to make it serve.
+            version_aliases: more aliases of the new version; ``default`` moves to it only
+                once its smoke test on the endpoint passed.
             endpoint: resource name of an existing endpoint; empty: the endpoint named
                 ``endpoint_display_name`` in ``location``, created the first time.
             endpoint_display_name: display name of the endpoint found or created.
-            deploy_machine_type, deploy_min_replicas, deploy_max_replicas, deploy_traffic_split:
-                dedicated resources and traffic for the deployed model (``"0"`` is this model).
-            keep_previous_deployments: keep the endpoint's other deployed models; by default
-                they are undeployed once this model serves 100% of the traffic.
+            deploy_machine_type, deploy_min_replicas, deploy_max_replicas: dedicated resources
+                of the deployed model.
+            canary_traffic_percent: the new version's share until its smoke test passes (0:
+                the smallest share, 1%, when the endpoint serves another model: a public
+                endpoint routes rawPredict by the split alone; 100 on an empty endpoint).
+            promote: ``all`` (every request to the new version after the smoke test) or
+                ``canary`` (stay at the canary share; promote later).
+            keep_previous_deployments: keep the endpoint's other deployed models (at 0%); by
+                default they are undeployed once the new version serves all the traffic.
             batch_instances_format: ``jsonl``, ``csv`` or ``bigquery``.
             batch_predictions_format: ``jsonl``, ``csv`` or ``bigquery``.
             batch_bigquery_source, batch_bigquery_destination: bq:// URIs for BigQuery batch I/O.
@@ -298,7 +354,7 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                     ours["endpoint_get_or_create"](
                         project=project,
                         location=location,
-                        display_name=endpoint_display_name,
+                        display_name=shared["endpoint_display_name"],
                         labels=resource_labels,
                     )
                 )
@@ -309,6 +365,12 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                     metadata={"resourceName": endpoint},
                 )
             target = dsl.OneOf(named.outputs["endpoint"], existing.output)
+            # GCPC's deploy takes a split by deployed-model id, not a share for the new model.
+            split = never_cached(
+                ours["canary_traffic_split"](
+                    endpoint=target, canary_traffic_percent=shared["canary_traffic_percent"]
+                )
+            )
             deployed = never_cached(
                 ModelDeployOp(
                     model=model,
@@ -317,15 +379,19 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                     dedicated_resources_machine_type=deploy_machine_type,
                     dedicated_resources_min_replica_count=deploy_min_replicas,
                     dedicated_resources_max_replica_count=deploy_max_replicas,
-                    traffic_split=deploy_traffic_split,
+                    traffic_split=split.outputs["traffic_split"],
                 )
             )
-            # What the endpoint no longer serves stops billing once the new version has 100%.
-            never_cached(
-                ours["undeploy_previous"](
-                    endpoint=target, model=model, keep_previous=keep_previous_deployments
-                )
-            ).after(deployed)
+            _rollout(
+                ours,
+                shared,
+                trained=trained,
+                checked=checked,
+                endpoint=target,
+                model=model,
+                traffic_before=split.outputs["traffic_before"],
+                deployed=deployed,
+            )
             batch_job = {
                 "project": project,
                 "location": location,
@@ -400,7 +466,13 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
             model_display_name: display name in the local registry.
             parent_model: ``projects/local/locations/local/models/ID`` to retrain: the upload
                 becomes its new version.
-            version_aliases: aliases of the new version; keep ``default`` to make it serve.
+            version_aliases: more aliases of the new version; ``default`` moves to it only
+                once its smoke test on the endpoint passed.
+            endpoint_display_name: the local endpoint, found by display name (created the
+                first time): each run's version is rolled out next to the serving one.
+            canary_traffic_percent, promote, keep_previous_deployments: the rollout, as in
+                the Vertex pipeline (locally a share of 0 is a pure smoke test: the router
+                reaches the new deployed model directly).
             batch_instances_format: ``jsonl`` or ``csv``.
             batch_size: instances per request to the container (Vertex's default is 64).
         """
@@ -414,7 +486,9 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
                 image_uri=built.outputs["image_uri"], model=model, strict=True
             )
 
-        _, checked, gate = _train_build_check_gate(ours, shared, build_and_check, cache_training)
+        trained, checked, gate = _train_build_check_gate(
+            ours, shared, build_and_check, cache_training
+        )
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
             uploaded = never_cached(
                 ours["local_model_upload"](
@@ -425,12 +499,24 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
                     version_aliases=shared["version_aliases"],
                 )
             )
-            never_cached(
+            deployed = never_cached(
                 ours["local_model_deploy"](
                     model=uploaded.outputs["model"],
                     registry_dir=registry_dir,
                     endpoints_dir=endpoints_dir,
+                    endpoint_display_name=shared["endpoint_display_name"],
+                    canary_traffic_percent=shared["canary_traffic_percent"],
                 )
+            )
+            _rollout(
+                ours,
+                shared,
+                trained=trained,
+                checked=checked,
+                endpoint=deployed.outputs["endpoint"],
+                model=uploaded.outputs["model"],
+                traffic_before=deployed.outputs["traffic_before"],
+                deployed=deployed,
             )
             never_cached(
                 ours["local_batch_predict"](
@@ -452,6 +538,7 @@ def check_run_parameters(values: dict[str, Any], explicit: Collection[str] = ())
     ``values`` are the run's parameter values merged over the pipeline's defaults;
     ``explicit`` names those the run sets itself.
     """
+    check_rollout(values)
     if values["framework"] == "tensorflow":
         check_accelerator(
             values["batch_machine_type"],

@@ -25,10 +25,11 @@ LIBRARY_PACKAGES = (
 )
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("serving_image",),
-    ("components.vertex", "components.images", "components.files"),
+    ("components.vertex", "components.images", "components.files", "components.traffic"),
     ("components.runners",),
     LIBRARY_PACKAGES,
-    ("components.checked_build",),  # joins imaging and contract
+    # checked_build joins imaging and contract; release joins rollout, contract, stand_ins
+    ("components.checked_build", "components.release"),
     ("components",),  # the component modules: components/<name>.py
     ("pipelines",),
     ("compile",),

@@ -12,6 +12,7 @@ import pytest
 from components import vertex
 from components.build_and_check import build_and_check
 from components.build_image import build_image
+from components.canary_traffic_split import canary_traffic_split
 from components.contract import CheckSettings
 from components.contract_check import contract_check
 from components.endpoint_get_or_create import endpoint_get_or_create
@@ -20,11 +21,14 @@ from components.imaging import DEFAULT_IMAGE_NAME
 from components.local_batch_predict import local_batch_predict
 from components.local_model_deploy import local_model_deploy
 from components.local_model_upload import local_model_upload
+from components.promote import promote
+from components.roll_back import roll_back
+from components.rollout import PROMOTE_ALL
+from components.smoke_test import smoke_test
 from components.stand_ins.batch_inputs import FORMATS
 from components.stand_ins.batch_runner import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
 from components.train import train
 from components.training import train_and_export
-from components.undeploy_previous import undeploy_previous
 from pipelines.parameters import DEFAULTS
 from tests.support import REPO_ROOT
 
@@ -35,7 +39,10 @@ COMPONENTS = {
     "build_and_check": build_and_check,
     "evaluation_gate": evaluation_gate,
     "endpoint_get_or_create": endpoint_get_or_create,
-    "undeploy_previous": undeploy_previous,
+    "canary_traffic_split": canary_traffic_split,
+    "smoke_test": smoke_test,
+    "promote": promote,
+    "roll_back": roll_back,
     "local_model_upload": local_model_upload,
     "local_model_deploy": local_model_deploy,
     "local_batch_predict": local_batch_predict,
@@ -103,6 +110,13 @@ def test_literal_defaults_are_the_library_constants() -> None:
     built = defaults(build_image)
     for name in ("image_name", "bake_model", "gpu", "repository", "service_account"):
         assert checked[name] == built[name], name
+    assert defaults(smoke_test)["rel_tol"] == settings.rel_tol
+    assert defaults(promote)["promote"] == DEFAULTS["promote"] == PROMOTE_ALL
+    assert defaults(promote)["keep_previous"] == DEFAULTS["keep_previous_deployments"]
+    assert (
+        defaults(canary_traffic_split)["canary_traffic_percent"]
+        == (DEFAULTS["canary_traffic_percent"])
+    )
     batch = defaults(local_batch_predict)
     assert batch["batch_size"] == DEFAULT_BATCH_SIZE
     assert batch["workers"] == DEFAULT_WORKERS

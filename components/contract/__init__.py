@@ -5,7 +5,8 @@ broken, and the report; ``sample`` the instances a check sends and how (one batc
 alone, another order); ``checker`` applies the rules to any running server over HTTP;
 ``image`` runs an image (or, in process mode, the server code) the way Vertex runs it and
 checks it; ``in_build`` does it as steps of the Cloud Build that builds the image;
-``outputs`` writes a component's report, metrics and container spec.
+``outputs`` writes a component's report, metrics and container spec; ``smoke`` sends the
+sample through a live endpoint to a newly deployed model (a rollout's smoke test).
 """
 
 from components.contract.checker import CheckSettings, ServerObserver, check_server
@@ -30,6 +31,8 @@ from components.contract.rules import (
     RuleResult,
     explain_exit,
 )
+from components.contract.sample import Sample
+from components.contract.smoke import SmokeReport, smoke_test
 
 __all__ = [
     "CONTRACT",
@@ -42,7 +45,9 @@ __all__ = [
     "ContractReport",
     "ContractViolation",
     "RuleResult",
+    "Sample",
     "ServerObserver",
+    "SmokeReport",
     "check_image",
     "check_model_image",
     "check_server",
@@ -52,4 +57,5 @@ __all__ = [
     "explain_exit",
     "listening_sockets",
     "publish",
+    "smoke_test",
 ]

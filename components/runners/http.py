@@ -11,7 +11,7 @@ import http.client
 import json
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +41,8 @@ class Exchange:
     error: str = ""
     """Why no HTTP response came back (refused, reset, timeout); empty when one did."""
     elapsed_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    """The response's headers, names in lowercase."""
 
     @property
     def ok(self) -> bool:
@@ -83,11 +85,15 @@ def send(
     timeout_s: float,
     body: bytes | None = None,
     body_note: str = "",
+    headers: dict[str, str] | None = None,
 ) -> Exchange:
     """Send one request with a bounded timeout; connection failures are recorded, not raised."""
     host, port = split_url(base_url)
     exchange = Exchange(method, route, body, body_note)
-    headers = {"Content-Type": "application/json"} if body is not None else {}
+    headers = {
+        **({"Content-Type": "application/json"} if body is not None else {}),
+        **(headers or {}),
+    }
     connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
     started = time.monotonic()
     try:
@@ -97,6 +103,7 @@ def send(
         response = connection.getresponse()
         exchange.response = response.read()
         exchange.status, exchange.reason = response.status, response.reason
+        exchange.headers = {name.lower(): value for name, value in response.getheaders()}
     except ConnectionRefusedError:
         exchange.error = f"connection refused on {host}:{port}"
     except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):

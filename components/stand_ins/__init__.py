@@ -1,8 +1,9 @@
 """Local stand-ins for Vertex AI's Model Registry, endpoints and batch prediction.
 
 ``kfp.local`` cannot run GCPC's container components; these keep Vertex's formats and rules on
-one machine: ``registry`` (model versions and aliases), ``serving`` (a version's server started
-as Vertex starts it), ``endpoints`` (deploy, predict, undeploy), ``batch_inputs``, ``sender``
+one machine: ``registry`` (model versions, aliases and evaluations), ``serving`` (a version's
+server started as Vertex starts it), ``endpoints`` (deployed models and their traffic split,
+behind a ``router`` process: deploy, traffic, predict, undeploy), ``batch_inputs``, ``sender``
 and ``batch_runner`` (batch prediction against any server), ``batch_job`` (a version's batch
 job), with Vertex-shaped ``resources`` names and one ``errors`` hierarchy; and ``cloud_build``,
 a Cloud Build config run on this machine (steps as containers, nothing pushed).
@@ -24,16 +25,26 @@ from components.stand_ins.batch_runner import (
 )
 from components.stand_ins.cloud_build import LocalBuild, LocalBuildError, run_build
 from components.stand_ins.endpoints import (
+    DEPLOYED_MODEL_LABEL,
     ENDPOINT_LABEL,
+    Deployment,
+    LocalDeployedModel,
     LocalEndpoint,
+    LocalEndpointOps,
     container_status,
     deploy,
     get_endpoint,
+    get_or_create_endpoint,
     labelled_containers,
     list_endpoints,
     predict,
+    raw_predict,
     read_instances,
+    rollback_traffic,
+    router_status,
+    set_traffic,
     undeploy,
+    undeploy_model,
 )
 from components.stand_ins.errors import (
     BatchInputError,
@@ -43,14 +54,19 @@ from components.stand_ins.errors import (
     RegistryError,
 )
 from components.stand_ins.registry import (
+    LocalRegistryOps,
     RegisteredVersion,
     get_version,
+    import_evaluation,
+    list_evaluations,
     list_versions,
+    merge_version_aliases,
     upload_model,
 )
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEPLOYED_MODEL_LABEL",
     "ENDPOINT_LABEL",
     "ERRORS_PREFIX",
     "JOB_LABEL",
@@ -58,12 +74,16 @@ __all__ = [
     "BatchInputError",
     "BatchPredictError",
     "BatchSummary",
+    "Deployment",
     "EndpointError",
     "EndpointInputError",
     "FieldSelection",
     "LocalBuild",
     "LocalBuildError",
+    "LocalDeployedModel",
     "LocalEndpoint",
+    "LocalEndpointOps",
+    "LocalRegistryOps",
     "RegisteredVersion",
     "RegistryError",
     "batch_predict_version",
@@ -71,16 +91,25 @@ __all__ = [
     "count_records",
     "deploy",
     "get_endpoint",
+    "get_or_create_endpoint",
     "get_version",
+    "import_evaluation",
     "labelled_containers",
     "list_endpoints",
+    "list_evaluations",
     "list_versions",
+    "merge_version_aliases",
     "predict",
+    "raw_predict",
     "read_instances",
     "read_records",
     "resolve_inputs",
+    "rollback_traffic",
+    "router_status",
     "run_batch",
     "run_build",
+    "set_traffic",
     "undeploy",
+    "undeploy_model",
     "upload_model",
 ]

@@ -56,7 +56,7 @@ from components.stand_ins.resources import (
     now_rfc3339,
 )
 
-DEFAULT_ALIAS = "default"
+DEFAULT_ALIAS = vertex.DEFAULT_ALIAS
 INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
 MODEL_FILE = "model.json"
@@ -501,3 +501,119 @@ def list_versions(registry_dir: str | Path, model: str | None = None) -> list[Re
         for model_id, entry in ordered
         for version_id, version in sorted(entry["versions"].items(), key=lambda v: int(v[0]))
     ]
+
+
+# --- aliases and evaluations of an existing version ----------------------------------------
+
+
+EVALUATIONS_DIR = "evaluations"
+
+
+def _pinned_version(registry: Path, version_name: str) -> tuple[str, str, dict[str, Any]]:
+    """(model id, version id, index) of ``...models/<id>@<version or alias>`` (an alias is
+    resolved to the version holding it now; without a suffix, the ``default`` version)."""
+    reference = parse_model_name(version_name)
+    index = _read_index(registry)
+    entry = _model_entry(registry, index, reference.model_id)
+    return reference.model_id, _resolve(reference.model_id, entry, reference.ref), index
+
+
+def merge_version_aliases(
+    registry_dir: str | Path, version_name: str, add: Iterable[str]
+) -> RegisteredVersion:
+    """Give the version ``...models/<id>@<version>`` the aliases ``add`` (Vertex's
+    ``MergeVersionAliases``): an alias is unique within a model, so one another version held
+    moves here; ``default`` moves the model's serving version. Returns the version as it is
+    now.
+
+    Raises:
+        RegistryError: an alias breaks Vertex's format, or the model or version does not
+            exist.
+    """
+    aliases = check_aliases(add)
+    registry = Path(registry_dir).resolve()
+    with _locked(registry):
+        model_id, version_id, index = _pinned_version(registry, version_name)
+        entry = index["models"][model_id]
+        changed = []
+        for other_id, other in entry["versions"].items():
+            if other_id == version_id:
+                merged = [
+                    *other["versionAliases"],
+                    *(a for a in aliases if a not in other["versionAliases"]),
+                ]
+            else:
+                merged = [a for a in other["versionAliases"] if a not in aliases]
+            if merged != other["versionAliases"]:
+                other["versionAliases"] = merged
+                changed.append(other_id)
+        if changed:
+            entry["updateTime"] = now_rfc3339()
+            write_json_atomically(registry / INDEX_FILE, index)
+            for other_id in changed:  # keep each model.json readable on its own
+                path = _version_dir(registry, model_id, other_id) / MODEL_FILE
+                resource = json.loads(path.read_text(encoding="utf-8"))
+                resource["versionAliases"] = entry["versions"][other_id]["versionAliases"]
+                write_json_atomically(path, resource)
+        aliases_now = entry["versions"][version_id]["versionAliases"]
+        return _load_version(registry, model_id, version_id, aliases_now)
+
+
+def import_evaluation(
+    registry_dir: str | Path, version_name: str, evaluation: Mapping[str, Any]
+) -> str:
+    """Attach a ``ModelEvaluation`` (REST form: ``metricsSchemaUri``, ``metrics``, ...) to the
+    version, as Vertex's ``ImportModelEvaluation`` does; written as
+    ``evaluations/<id>.json`` in the version's directory with its ``name`` and ``createTime``.
+    Returns its resource name, ``projects/local/locations/local/models/<id>/evaluations/<eid>``.
+
+    Raises:
+        RegistryError: the evaluation is not a JSON object, or the model or version does not
+            exist.
+    """
+    if not isinstance(evaluation, Mapping):
+        raise RegistryError(
+            f"an evaluation is a ModelEvaluation object (metricsSchemaUri, metrics, ...), not "
+            f"{type(evaluation).__name__}"
+        )
+    registry = Path(registry_dir).resolve()
+    model_id, version_id, _ = _pinned_version(registry, version_name)
+    evaluation_id = new_resource_id()
+    name = f"{MODELS_PREFIX}{model_id}/evaluations/{evaluation_id}"
+    resource = {
+        **evaluation,
+        "name": name,
+        "createTime": now_rfc3339(),
+        "modelVersionId": version_id,
+    }
+    try:
+        text = json.dumps(resource)
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"the evaluation of {version_name} is not JSON: {exc}") from exc
+    path = _version_dir(registry, model_id, version_id) / EVALUATIONS_DIR / f"{evaluation_id}.json"
+    write_json_atomically(path, json.loads(text))
+    return name
+
+
+def list_evaluations(registry_dir: str | Path, version_name: str) -> list[dict[str, Any]]:
+    """The evaluations imported for the version, oldest first."""
+    registry = Path(registry_dir).resolve()
+    model_id, version_id, _ = _pinned_version(registry, version_name)
+    folder = _version_dir(registry, model_id, version_id) / EVALUATIONS_DIR
+    found = [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")]
+    return sorted(found, key=lambda evaluation: evaluation["createTime"])
+
+
+class LocalRegistryOps:
+    """The local registry as a rollout drives it (``rollout.steps.Registry``, structurally)."""
+
+    def __init__(self, registry_dir: str | Path) -> None:
+        self.registry_dir = Path(registry_dir)
+
+    def move_alias(self, version_name: str, alias: str) -> None:
+        """Give ``alias`` to the version (taken from the version that held it)."""
+        merge_version_aliases(self.registry_dir, version_name, [alias])
+
+    def import_evaluation(self, version_name: str, evaluation: Mapping[str, Any]) -> str:
+        """Attach a ``ModelEvaluation`` to the version; its resource name."""
+        return import_evaluation(self.registry_dir, version_name, evaluation)

@@ -3,25 +3,32 @@
 Runs the real command line in a subprocess (kfp.local, podman/docker, the serving image, the
 contract check, the local registry, a local endpoint container and a local batch job), then
 checks the summary, a prediction from the endpoint it left running, and the batch output
-files against the input. A retrain run then becomes version 2 of the same model and replaces
-the first endpoint. Whatever endpoints the runs leave are undeployed afterwards.
+files against the input. A retrain run then becomes version 2 of the same model, deployed to the
+same endpoint (found by display name), where it takes all the traffic and replaces the first
+deployed model. Whatever endpoints the runs leave are undeployed afterwards.
 """
 
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from components import stand_ins
+from components import release, stand_ins
+from components.imaging import build
 from components.runners import ENGINE_ENV, Engine
 from pipelines.local_run import STEPS
 from serving_image.server import artifact
-from tests.support import REPO_ROOT
+from serving_image.server.predictions import json_difference
+from tests.support import REPO_ROOT, compile_cli
 
 
 def run_local(output_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:
@@ -95,6 +102,8 @@ def test_the_summary_names_every_result_and_times_every_step(
     version = summary["model_version"]
     assert version["resourceName"].startswith("projects/local/locations/local/models/")
     assert version["versionId"] == "1" and version["versionAliases"] == ["default"]
+    assert summary["rollout"]["decision"] == "promoted"
+    assert summary["rollout"]["smoke_latency_ms"] > 0
     assert summary["endpoint"]["url"].startswith("http://127.0.0.1:")
     assert (Path(summary["model_dir"]) / artifact.MANIFEST_FILE).is_file()
 
@@ -154,27 +163,168 @@ def test_batch_output_has_one_line_per_input_row_in_vertex_format(
     assert all(set(r["prediction"]) == {"label", "probabilities"} for r in results)
 
 
+class SteadyLoad:
+    """A client calling the endpoint's predict URL without pause, every answer checked against
+    the expected predictions of the version that answered it (``model``, ``modelVersionId``);
+    a request without a right answer is a failure."""
+
+    def __init__(self, url: str, instances: list[Any], registry: Path) -> None:
+        self.url, self.instances, self.registry = url, instances, registry
+        self.expected: dict[str, list[Any]] = {}
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.client = httpx.Client(timeout=30)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def expected_for(self, version: str) -> list[Any]:
+        """The version's expected predictions for the load's instances (from its sample)."""
+        if version not in self.expected:
+            model_dir = stand_ins.get_version(self.registry, version).model_dir
+            sample = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
+            expected = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)
+            by_instance = {
+                json.dumps(i, sort_keys=True): e for i, e in zip(sample, expected, strict=True)
+            }
+            self.expected[version] = [
+                by_instance[json.dumps(i, sort_keys=True)] for i in self.instances
+            ]
+        return self.expected[version]
+
+    def one(self) -> str:
+        """Send one request; the deployed model that answered (or "" on a failure)."""
+        try:
+            response = self.client.post(self.url, json={"instances": self.instances})
+        except httpx.HTTPError as exc:
+            self.failures.append(f"no answer: {exc!r}")
+            return ""
+        if response.status_code != 200:
+            self.failures.append(f"{response.status_code}: {response.text[:300]}")
+            return ""
+        answer = response.json()
+        version = f"{answer['model']}@{answer['modelVersionId']}"
+        difference = json_difference(self.expected_for(version), answer["predictions"])
+        if difference:
+            self.failures.append(f"{version} answered wrong: {difference}")
+            return ""
+        self.answers.append(answer["deployedModelId"])
+        return answer["deployedModelId"]
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.one()
+            time.sleep(0.01)
+
+    def __enter__(self) -> "SteadyLoad":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        self.client.close()
+
+
+@pytest.fixture(scope="module")
+def wrong_answers_image(engine: Engine, base_image: str) -> str:
+    """A server that keeps Vertex's contract and answers every instance wrong."""
+    tag = "localhost/train-to-serve-wrong-answers:test"
+    folder = REPO_ROOT / "tests" / "release" / "wrong_answers"
+    build(engine, folder, tag, {"BASE_IMAGE": base_image}, ca_bundle=None)
+    return tag
+
+
 @pytest.mark.container
-def test_a_retrain_becomes_version_2_and_replaces_the_endpoint(
-    first_run: dict[str, Any], output_dir: Path
+def test_retrains_roll_out_under_load_and_a_broken_version_is_rolled_back(
+    first_run: dict[str, Any], output_dir: Path, wrong_answers_image: str
 ) -> None:
+    """The second version rolls out on the same endpoint (canary, smoke test, promotion); a
+    split set by the CLI is honoured over 2,000 requests; a version whose server answers wrong
+    is smoke-tested and rolled back; a client calling all along never fails and every answer
+    is the answering version's expected one."""
+    registry, endpoints = output_dir / "registry", output_dir / "endpoints"
     model = first_run["model_version"]["resourceName"].split("@")[0]
-    result = run_local(
-        output_dir,
-        "--parent-model",
-        model,
-        "--estimator",
-        "random_forest",
-        "--batch-instances",
-        str(output_dir / "batch-input" / "penguins.jsonl"),
-    )
-    assert result.returncode == 0, failure_details(result, output_dir)
-    summary = read_summary(result.stdout)
-    assert summary["model_version"]["resourceName"] == f"{model}@2"
-    assert summary["model_version"]["parentModel"] == f"{model}@1"
-    assert summary["replaced_endpoints"] == [first_run["endpoint"]["resourceName"]]
-    remaining = stand_ins.list_endpoints(output_dir / "endpoints")
-    assert [e.resource_name for e in remaining] == [summary["endpoint"]["resourceName"]]
+    endpoint = first_run["endpoint"]["resourceName"]
+    endpoint_id = endpoint.rsplit("/", 1)[-1]
+    first = first_run["endpoint"]["deployedModelId"]
+    assert first_run["rollout"]["decision"] == "promoted"
+    instances = artifact.read_jsonl(Path(first_run["model_dir"]) / artifact.INSTANCES_FILE)[:5]
+
+    with SteadyLoad(first_run["endpoint"]["url"], instances, registry) as load:
+        # 1. Version 2 at a 10% canary, smoke-tested, promoted; version 1 kept at 0%.
+        result = run_local(
+            output_dir,
+            "--parent-model", model,
+            "--estimator", "random_forest",
+            "--canary-traffic-percent", "10",
+            "--keep-previous-deployments",
+            "--batch-instances", str(output_dir / "batch-input" / "penguins.jsonl"),
+        )  # fmt: skip
+        assert result.returncode == 0, failure_details(result, output_dir)
+        summary = read_summary(result.stdout)
+        second = summary["endpoint"]["deployedModelId"]
+        assert summary["model_version"]["resourceName"] == f"{model}@2"
+        assert summary["model_version"]["parentModel"] == f"{model}@1"
+        assert summary["endpoint"]["resourceName"] == endpoint  # the same endpoint
+        rollout = summary["rollout"]
+        assert rollout["decision"] == "promoted" and rollout["default_alias_moved"] is True
+        assert rollout["traffic_before"] == {first: 100}
+        assert rollout["traffic_after"] == {second: 100}
+        assert stand_ins.get_version(registry, model).version_id == "2"
+        record = Path(rollout["record"]).read_text()
+        assert f"Traffic before: {first}=100; after: {second}=100" in record
+
+        # 2. A split set with the CLI, honoured within 5 points over 2,000 requests.
+        split = f"{first}=30,{second}=70"
+        cli = ["--endpoints-dir", str(endpoints)]
+        changed = compile_cli("endpoints", "traffic", endpoint_id, "--split", split, *cli)
+        assert changed.returncode == 0, changed.stderr
+        # The router splits all requests; count every client's answers in the window.
+        mark = len(load.answers)
+        for _ in range(2000):
+            load.one()
+        counts = Counter(load.answers[mark:])
+        total = sum(counts.values())
+        assert total >= 2000
+        assert abs(counts[first] / total - 0.30) <= 0.05, counts
+        assert abs(counts[second] / total - 0.70) <= 0.05, counts
+        restored = compile_cli("endpoints", "rollback", endpoint_id, *cli)
+        assert restored.returncode == 0, restored.stderr
+        assert stand_ins.get_endpoint(endpoint_id, endpoints).traffic_split == {second: 100}
+
+        # 3. A broken version 3 (same model, a server that answers wrong) rolls out as the
+        # pipeline's steps do it: deployed at 0%, smoke-tested, rolled back.
+        spec = {**stand_ins.get_version(registry, model).container_spec}
+        spec["imageUri"] = wrong_answers_image
+        model_dir = stand_ins.get_version(registry, model).model_dir
+        broken = stand_ins.upload_model(
+            registry, "broken", model_dir, spec, parent_model=model, version_aliases=[]
+        )
+        deployment = stand_ins.deploy(
+            broken.resource_name, registry, endpoints, display_name="", traffic_percent=0,
+            endpoint_id=endpoint_id,
+        )  # fmt: skip
+        live, _ = release.targets(
+            {"resourceName": endpoint, "endpointsDir": str(endpoints)},
+            {"registryDir": str(registry)},
+        )
+        smoke = release.smoke_test_version(live, broken.resource_name, str(model_dir))
+        assert not smoke.passed
+        assert "prediction(s) differ" in smoke.failures[0]
+        evidence = {"metrics": {}, "gate": {}, "image_uri": wrong_answers_image}
+        evidence |= {"contract_report_uri": "", "smoke": smoke.to_json()}
+        record = release.roll_back_version(
+            live, broken.resource_name, traffic_before=deployment.traffic_before, evidence=evidence
+        )
+        assert record["decision"] == "rolled back"
+        time.sleep(1)  # the load keeps going after the rollback
+    assert load.failures == [], load.failures[:5]
+    assert len(load.answers) > 2000
+    assert deployment.deployed_model.id not in load.answers  # 0%: no client ever reached it
+    after = stand_ins.get_endpoint(endpoint_id, endpoints)
+    assert after.traffic_split == {second: 100}
+    assert deployment.deployed_model.id not in after.deployed_ids
+    assert stand_ins.get_version(registry, model).version_id == "2"  # default stays
 
 
 @pytest.mark.container

@@ -21,6 +21,9 @@ from google.cloud.aiplatform_v1.types import BatchPredictionJob, JobState
 from google_cloud_pipeline_components.container.v1.batch_prediction_job import (
     remote_runner as batch_runner,
 )
+from google_cloud_pipeline_components.container.v1.endpoint.deploy_model import (
+    remote_runner as deploy_runner,
+)
 from google_cloud_pipeline_components.container.v1.gcp_launcher import lro_remote_runner
 from google_cloud_pipeline_components.container.v1.model.upload_model import (
     remote_runner as upload_runner,
@@ -61,11 +64,14 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert sorted(p.name for p in (out / "components").iterdir()) == [
         "build_and_check.yaml",
         "build_image.yaml",
+        "canary_traffic_split.yaml",
         "contract_check.yaml",
         "endpoint_get_or_create.yaml",
         "evaluation_gate.yaml",
+        "promote.yaml",
+        "roll_back.yaml",
+        "smoke_test.yaml",
         "train.yaml",
-        "undeploy_previous.yaml",
     ]
     return yaml.safe_load((out / "pipeline.yaml").read_text())
 
@@ -118,14 +124,6 @@ def test_dag_order(spec: dict) -> None:
     for one, other in [(deploy, batch), (deploy, gpu_batch)]:
         assert one not in _upstream(tasks, other) and other not in _upstream(tasks, one)
     assert "endpoint-get-or-create" not in _upstream(tasks, batch)
-    # The endpoint is found by name (or created once); what it no longer serves goes after
-    # the deploy.
-    assert deploy in _upstream(tasks, "undeploy-previous")
-    undeploy = tasks["undeploy-previous"]["inputs"]
-    assert undeploy["artifacts"]["endpoint"] == tasks[deploy]["inputs"]["artifacts"]["endpoint"]
-    assert undeploy["parameters"]["keep_previous"] == {
-        "componentInputParameter": "pipelinechannel--keep_previous_deployments"
-    }
     # A TensorFlow model's batch job: the GPU variant of the image, checked, after the gate.
     assert tasks[gpu_batch]["inputs"]["artifacts"] == {
         "unmanaged_container_model": {
@@ -139,17 +137,97 @@ def test_dag_order(spec: dict) -> None:
     assert tasks["build-and-check-2"]["inputs"]["parameters"]["gpu"] == {
         "runtimeValue": {"constant": True}
     }
-    branches = {tasks[gpu_batch]["group"], tasks[batch]["group"]}
-    conditions = {
-        spec["components"]["comp-condition-branches-8"]["dag"]["tasks"][c.removeprefix("comp-")][
-            "triggerPolicy"
-        ]["condition"]
-        for c in branches
-    }
+    conditions = {_condition(spec, tasks, task) for task in (gpu_batch, batch)}
     assert conditions == {
         "inputs.parameter_values['pipelinechannel--framework'] == 'tensorflow'",
         "!(inputs.parameter_values['pipelinechannel--framework'] == 'tensorflow')",
     }
+
+
+def _condition(spec: dict, tasks: dict, name: str) -> str:
+    """The trigger condition of the condition group a task sits in."""
+    group = tasks[name]["group"]
+    parent = next(t for t in tasks.values() if t["componentRef"]["name"] == group)
+    return parent["triggerPolicy"]["condition"]
+
+
+def test_rollout_steps_in_order(spec: dict) -> None:
+    """Deploy at the canary's split, the smoke test through the endpoint, then promote on a
+    pass (the only step that moves the alias) or roll back on a failure."""
+    tasks = _tasks(spec)
+    deploy = "model-deploy"
+    assert "canary-traffic-split" in _upstream(tasks, deploy)
+    assert tasks[deploy]["inputs"]["parameters"]["traffic_split"] == {
+        "taskOutputParameter": {
+            "outputParameterKey": "traffic_split",
+            "producerTask": "canary-traffic-split",
+        }
+    }
+    assert deploy in _upstream(tasks, "smoke-test")
+    for step in ("promote", "roll-back"):
+        assert {"smoke-test", deploy} <= _upstream(tasks, step)
+        inputs = tasks[step]["inputs"]
+        assert inputs["parameters"]["traffic_before"] == {
+            "componentInputParameter": "pipelinechannel--canary-traffic-split-traffic_before"
+        }
+    assert _condition(spec, tasks, "promote") == (
+        "inputs.parameter_values['pipelinechannel--smoke-test-Output'] == true"
+    )
+    assert _condition(spec, tasks, "roll-back") == (
+        "!(inputs.parameter_values['pipelinechannel--smoke-test-Output'] == true)"
+    )
+    assert tasks["promote"]["inputs"]["parameters"]["keep_previous"] == {
+        "componentInputParameter": "pipelinechannel--keep_previous_deployments"
+    }
+    # The upload does not move ``default``: the version aliases are the user's extra ones.
+    for upload in ("model-upload", "model-upload-2"):
+        assert tasks[upload]["inputs"]["parameters"]["version_aliases"] == {
+            "componentInputParameter": "pipelinechannel--version_aliases"
+        }
+
+
+def test_gcpc_deploy_request_carries_the_canary_split(spec: dict, tmp_path: Path) -> None:
+    """GCPC's own deploy launcher, given the split ``canary_traffic_split`` computes for an
+    endpoint serving one model, sends Vertex's ``DeployModelRequest`` with it."""
+    from components.rollout import deploy_traffic_split
+
+    endpoint = "projects/my-project/locations/europe-west4/endpoints/77"
+    model = "projects/my-project/locations/europe-west4/models/42@4"
+    split = deploy_traffic_split({"111": 100}, ["111"], 10)
+    inputs = {**_task_inputs(spec, "exec-model-deploy", RUN_VALUES), "traffic_split": split}
+    artifacts = {
+        "model": {"uri": model, "metadata": {"resourceName": model}},
+        "endpoint": {"uri": endpoint, "metadata": {"resourceName": endpoint}},
+    }
+    payload = _payload(spec, "exec-model-deploy", inputs, artifacts)
+    sent = {}
+
+    def create_lro(self, url, request, gcp_resources):
+        sent["url"], sent["request"] = url, json.loads(request)
+        return {"name": "operations/1"}
+
+    with (
+        mock.patch.object(lro_remote_runner.LroRemoteRunner, "create_lro", create_lro),
+        mock.patch.object(lro_remote_runner.LroRemoteRunner, "poll_lro", return_value={}),
+        mock.patch("google.auth.default", return_value=(AnonymousCredentials(), "my-project")),
+    ):
+        deploy_runner.deploy_model(
+            type="DeployModel",
+            project="my-project",
+            location="europe-west4",
+            payload=payload,
+            gcp_resources=str(tmp_path / "gcp_resources"),
+        )
+    assert (
+        sent["url"] == f"https://europe-west4-aiplatform.googleapis.com/v1/{endpoint}:deployModel"
+    )
+    request = sent["request"]
+    assert request["endpoint"] == endpoint
+    assert request["traffic_split"] == {"111": 90, "0": 10}
+    assert request["deployed_model"]["model"] == model
+    resources = request["deployed_model"]["dedicated_resources"]
+    assert resources["machine_spec"]["machine_type"] == "n1-standard-2"
+    assert resources["min_replica_count"] == 1
 
 
 def test_upload_takes_its_container_spec_only_from_a_passing_checked_build(spec: dict) -> None:
@@ -190,7 +268,10 @@ def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
         "model-batch-predict",
         "model-batch-predict-2",
         "endpoint-get-or-create",
-        "undeploy-previous",
+        "canary-traffic-split",
+        "smoke-test",
+        "promote",
+        "roll-back",
         "build-and-check-2",
     } <= inside
     assert not {"train", "build-and-check", "evaluation-gate"} & inside
@@ -206,8 +287,19 @@ def test_the_local_backend_compiles_the_same_dag_with_the_stand_ins(tmp_path: Pa
     tasks = _tasks(local)
     first_half = {"train", "build-image", "contract-check", "evaluation-gate"}
     upload, deploy, batch = "local-model-upload", "local-model-deploy", "local-batch-predict"
-    assert set(tasks) == first_half | {upload, deploy, batch} | {
+    rollout = {"smoke-test", "promote", "roll-back"}
+    assert set(tasks) == first_half | {upload, deploy, batch} | rollout | {
         n for n, t in tasks.items() if n.startswith("condition")
+    }
+    # The same rollout as on Vertex, after the local deploy: its split before goes on.
+    assert deploy in _upstream(tasks, "smoke-test")
+    for step in ("promote", "roll-back"):
+        assert "smoke-test" in _upstream(tasks, step)
+        assert tasks[step]["inputs"]["parameters"]["traffic_before"] == {
+            "componentInputParameter": "pipelinechannel--local-model-deploy-traffic_before"
+        }
+    assert tasks[deploy]["inputs"]["parameters"]["canary_traffic_percent"] == {
+        "componentInputParameter": "pipelinechannel--canary_traffic_percent"
     }
     assert first_half <= _upstream(tasks, upload)
     for task in (deploy, batch):
@@ -238,7 +330,10 @@ def test_parameters(spec: dict) -> None:
     assert defaults["batch_machine_type"] == "n1-standard-8"
     assert defaults["batch_accelerator_type"] == "NVIDIA_TESLA_T4"
     assert defaults["batch_accelerator_count"] == 1
-    assert defaults["version_aliases"] == ["default"]
+    assert defaults["version_aliases"] == []  # default moves only after the smoke test
+    assert defaults["canary_traffic_percent"] == 0
+    assert defaults["promote"] == "all"
+    assert defaults["keep_previous_deployments"] is False
     assert defaults["gate_metric"] == "accuracy"
 
 
@@ -264,7 +359,10 @@ def test_our_tasks_run_in_the_components_image(spec: dict) -> None:
         "exec-evaluation-gate",
         "exec-build-and-check-2",  # the GPU variant for a TensorFlow model's batch job
         "exec-endpoint-get-or-create",
-        "exec-undeploy-previous",
+        "exec-canary-traffic-split",
+        "exec-smoke-test",
+        "exec-promote",
+        "exec-roll-back",
     ]
     for name in ours:
         assert executors[name]["container"]["image"] == (
@@ -445,7 +543,7 @@ def test_gcpc_upload_request(spec: dict, tmp_path: Path, executor: str) -> None:
     model = sent["request"]["model"]
     assert model["display_name"] == "penguins-classifier"
     assert model["artifact_uri"] == "gs://my-bucket/root/123/train/model"
-    assert model["version_aliases"] == ["default"]
+    assert "version_aliases" not in model  # empty: GCPC drops it; default moves at promotion
     assert model["labels"] == {"team": "ml", "run": "nightly"}
     container = model["container_spec"]
     assert container["image_uri"] == IMAGE
@@ -600,7 +698,8 @@ def test_tasks_that_create_or_change_resources_are_never_cached(spec: dict) -> N
     cached = {n for n in leaves if tasks[n].get("cachingOptions", {}).get("enableCache")}
     assert cached == {"evaluation-gate", "importer", "importer-2"}
     never = {"train", "build-and-check", "model-upload", "endpoint-get-or-create"}
-    never |= {"model-deploy", "undeploy-previous", "model-batch-predict"}
+    never |= {"model-deploy", "canary-traffic-split", "smoke-test", "promote", "roll-back"}
+    never |= {"model-batch-predict"}
     assert never <= leaves - cached
 
 

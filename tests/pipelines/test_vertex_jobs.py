@@ -346,8 +346,11 @@ M = "projects/my-project/locations/europe-west4/models/123"
         ({"endpoint": "456"}, "projects/my-project/locations/europe-west4/endpoints/ID"),
         ({"parent_model": M.replace("models", "endpoints")}, "is not a resource name"),
         ({"parent_model": M.replace("europe-west4", "us-east1")}, "is in us-east1, not in"),
-        ({"version_aliases": ["default", "Prod_v1"]}, "version alias 'Prod_v1'"),
+        ({"version_aliases": ["candidate", "Prod_v1"]}, "version alias 'Prod_v1'"),
         ({"version_aliases": ["x"]}, "2-128 characters"),
+        ({"version_aliases": ["default"]}, "moves it to the new version only after its smoke"),
+        ({"canary_traffic_percent": 150}, "canary_traffic_percent 150: a whole percent"),
+        ({"promote": "half"}, "promote 'half': use one of all, canary"),
     ],
 )
 def test_where_a_run_goes_is_checked_before_any_request(
@@ -362,7 +365,7 @@ def test_cross_region_resources_only_when_allowed(train_to_serve: Path) -> None:
     settings = run_settings(train_to_serve, location="us-central1")
     settings.allow_cross_region = True
     assert check_settings(settings)["location"] == "us-central1"
-    good = run_settings(train_to_serve, parent_model=M, version_aliases=["default", "prod-v1"])
+    good = run_settings(train_to_serve, parent_model=M, version_aliases=["prod-v1"])
     assert check_settings(good)["parent_model"] == M
 
 

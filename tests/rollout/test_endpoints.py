@@ -1,5 +1,5 @@
-"""The endpoint a run deploys to, and what it stops serving: the aiplatform SDK's own requests,
-captured offline at the endpoint service's methods (no credentials, no network)."""
+"""The endpoint a run deploys to, found by name or created once: the aiplatform SDK's own
+requests, captured offline at the endpoint service's methods (no credentials, no network)."""
 
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -9,7 +9,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud.aiplatform_v1.services.endpoint_service import EndpointServiceClient
 from google.cloud.aiplatform_v1.types import DeployedModel, Endpoint, ListEndpointsRequest
 
-from components.rollout import endpoint_uri, get_or_create_endpoint, undeploy_previous
+from components.rollout import endpoint_uri, get_or_create_endpoint
 
 PARENT = "projects/my-project/locations/europe-west4"
 MODEL = "projects/123456/locations/europe-west4/models/42"
@@ -102,55 +102,3 @@ def test_an_endpoint_is_created_only_when_none_has_the_name(service) -> None:
     assert endpoint_uri(name, "europe-west4") == (
         f"https://europe-west4-aiplatform.googleapis.com/v1/{name}"
     )
-
-
-def live(split: dict[str, int]) -> Endpoint:
-    return endpoint(
-        1,
-        deployed_models=[
-            deployed("old-1", "1", 1),
-            deployed("old-2", "2", 2),
-            deployed("new", "3", 3),
-        ],
-        traffic_split=split,
-    )
-
-
-def test_the_previous_versions_are_undeployed_once_the_new_one_serves_everything(service) -> None:
-    fake = service(live({"new": 100}))
-
-    cleanup = undeploy_previous(
-        f"{PARENT}/endpoints/1", f"{PARENT.replace('my-project', '123456')}/models/42@3",
-        credentials=AnonymousCredentials(),
-    )  # fmt: skip
-
-    assert cleanup.serving == "new" and cleanup.undeployed == ["old-1", "old-2"]
-    assert [r[1] for r in fake.requests if r[0] == "undeploy"] == ["old-1", "old-2"]
-
-
-@pytest.mark.parametrize(
-    ("split", "keep", "reason"),
-    [
-        ({"old-2": 90, "new": 10}, False, "serves 10% of the traffic, not 100%"),
-        ({"new": 100}, True, "keep_previous_deployments is set"),
-    ],
-)
-def test_a_canary_or_keep_leaves_every_deployment(service, split, keep, reason) -> None:
-    fake = service(live(split))
-
-    cleanup = undeploy_previous(
-        f"{PARENT}/endpoints/1", "projects/my-project/locations/europe-west4/models/42@3",
-        keep=keep, credentials=AnonymousCredentials(),
-    )  # fmt: skip
-
-    assert cleanup.undeployed == [] and cleanup.kept == ["old-1", "old-2"]
-    assert cleanup.reason.endswith(reason)
-    assert not [r for r in fake.requests if r[0] == "undeploy"]
-
-
-def test_a_model_that_is_not_deployed_there_is_an_error(service) -> None:
-    service(live({"new": 100}))
-    with pytest.raises(RuntimeError, match="is not deployed on"):
-        undeploy_previous(
-            f"{PARENT}/endpoints/1", f"{PARENT}/models/99@1", credentials=AnonymousCredentials()
-        )

@@ -214,14 +214,15 @@ def test_a_local_endpoint_in_process_mode_leaves_no_process(
     )["containerSpec"]
     registry, endpoints = tmp_path / "registry", tmp_path / "endpoints"
     version = stand_ins.upload_model(registry, "penguins", penguins_model_dir, spec)
-    endpoint = stand_ins.deploy(version.resource_name, registry, endpoints)
+    done = stand_ins.deploy(version.resource_name, registry, endpoints)
+    endpoint, deployed = done.endpoint, done.deployed_model
     try:
-        assert endpoint.engine == "process"
+        assert deployed.engine == "process"
         sample = artifact.read_jsonl(penguins_model_dir / artifact.INSTANCES_FILE)
         expected = artifact.read_jsonl(penguins_model_dir / artifact.EXPECTED_FILE)
         answer = stand_ins.predict(endpoint.endpoint_id, sample, endpoints_dir=endpoints)
         assert json_difference(expected, answer["predictions"]) is None
-        assert answer["deployedModelId"] == endpoint.deployed_model_id
+        assert answer["deployedModelId"] == deployed.id
 
         # Another process (the command line) lists it as running.
         listed = subprocess.run(
@@ -234,12 +235,13 @@ def test_a_local_endpoint_in_process_mode_leaves_no_process(
         )
         assert listed.returncode == 0, listed.stderr
         assert endpoint.endpoint_id in listed.stdout and "running" in listed.stdout
-        pid = endpoint.container().pid
+        pid = deployed.container().pid
     finally:
         seconds = stand_ins.undeploy(endpoint.endpoint_id, endpoints_dir=endpoints)
     assert seconds is not None and seconds < 10
     assert stand_ins.labelled_containers(detect_runner(), endpoint.endpoint_id) == []
     assert not sp._group(pid)
+    assert not sp._group(endpoint.router_pid)  # the router is gone too
     assert stand_ins.list_endpoints(endpoints) == []
 
 

@@ -273,6 +273,89 @@ def test_concurrent_uploads_get_distinct_versions_and_one_default(
         assert tuple(resource["versionAliases"]) == version.version_aliases
 
 
+# --- aliases and evaluations of existing versions (what a rollout does) ----------------------
+
+
+def _move_default(registry: str, version_name: str) -> None:
+    stand_ins.LocalRegistryOps(registry).move_alias(version_name, "default")
+
+
+def test_merging_aliases_moves_them_from_the_version_that_held_them(
+    registry: Path, model_dir: Path
+) -> None:
+    first = upload(registry, model_dir, version_aliases=["default", "stable"])
+    second = upload(registry, model_dir, parent_model=first.model_name, version_aliases=[])
+    assert aliases_by_version(registry, first.model_name) == {"1": ("default", "stable"), "2": ()}
+
+    merged = stand_ins.merge_version_aliases(registry, second.resource_name, ["default", "canary"])
+    assert merged.version_aliases == ("default", "canary")
+    assert aliases_by_version(registry, first.model_name) == {
+        "1": ("stable",),
+        "2": ("default", "canary"),
+    }
+    assert stand_ins.get_version(registry, first.model_name).version_id == "2"  # serves now
+    for version in stand_ins.list_versions(registry):  # index and each model.json agree
+        resource = json.loads((version.model_dir.parent / "model.json").read_text())
+        assert tuple(resource["versionAliases"]) == version.version_aliases
+
+    # Moving it back through the rollout's interface; again is a no-op.
+    registry_ops = stand_ins.LocalRegistryOps(registry)
+    registry_ops.move_alias(first.resource_name, "default")
+    registry_ops.move_alias(f"{first.model_name}@stable", "default")  # an alias names it too
+    assert aliases_by_version(registry, first.model_name) == {
+        "1": ("stable", "default"),
+        "2": ("canary",),
+    }
+    with pytest.raises(stand_ins.RegistryError, match="version alias 'Default' is invalid"):
+        stand_ins.merge_version_aliases(registry, first.resource_name, ["Default"])
+    with pytest.raises(stand_ins.RegistryError, match="has no version 9"):
+        stand_ins.merge_version_aliases(registry, f"{first.model_name}@9", ["x1"])
+
+
+def test_concurrent_alias_moves_leave_exactly_one_default(registry: Path, model_dir: Path) -> None:
+    first = upload(registry, model_dir)
+    names = [
+        upload(registry, model_dir, parent_model=first.model_name, version_aliases=[]).resource_name
+        for _ in range(5)
+    ]
+    with ProcessPoolExecutor(max_workers=5) as pool:
+        for job in [pool.submit(_move_default, str(registry), name) for name in names * 2]:
+            job.result()
+    aliases = aliases_by_version(registry, first.model_name)
+    assert sum("default" in held for held in aliases.values()) == 1
+    for version in stand_ins.list_versions(registry):
+        resource = json.loads((version.model_dir.parent / "model.json").read_text())
+        assert tuple(resource["versionAliases"]) == version.version_aliases
+
+
+def test_an_evaluation_is_imported_into_the_version_as_vertex_names_it(
+    registry: Path, model_dir: Path
+) -> None:
+    first = upload(registry, model_dir)
+    second = upload(registry, model_dir, parent_model=first.model_name)
+    evaluation = {
+        "displayName": "gate",
+        "metricsSchemaUri": "gs://google-cloud-aiplatform/schema/modelevaluation/x.yaml",
+        "metrics": {"accuracy": 0.97},
+    }
+    name = stand_ins.LocalRegistryOps(registry).import_evaluation(second.resource_name, evaluation)
+    model_id, evaluation_id = first.model_id, name.rsplit("/", 1)[-1]
+    assert name == f"{MODELS_PREFIX}{model_id}/evaluations/{evaluation_id}"
+    path = second.model_dir.parent / "evaluations" / f"{evaluation_id}.json"
+    written = json.loads(path.read_text())
+    assert written["metrics"] == {"accuracy": 0.97} and written["name"] == name
+    assert written["modelVersionId"] == "2" and written["createTime"].endswith("Z")
+    assert stand_ins.list_evaluations(registry, second.resource_name) == [written]
+    assert stand_ins.list_evaluations(registry, first.resource_name) == []
+
+    with pytest.raises(stand_ins.RegistryError, match="is not JSON"):
+        stand_ins.import_evaluation(registry, second.resource_name, {"metrics": {1, 2}})
+    with pytest.raises(stand_ins.RegistryError, match="a ModelEvaluation object"):
+        stand_ins.import_evaluation(registry, second.resource_name, [1])  # type: ignore[arg-type]
+    with pytest.raises(stand_ins.RegistryError, match="does not exist"):
+        stand_ins.import_evaluation(registry, f"{MODELS_PREFIX}123@1", evaluation)
+
+
 # --- the component ---------------------------------------------------------------------------
 
 

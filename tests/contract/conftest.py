@@ -1,0 +1,67 @@
+"""Fixture servers of ``broken_images/`` as processes, for the checks that take any server."""
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from components import vertex
+from components.contract import explain_exit
+from components.runners import free_local_port
+from tests.contract.broken_images.verdicts import FIXTURES_DIR, HEALTH_ROUTE, PREDICT_ROUTE
+
+
+@dataclass
+class FixtureServer:
+    """A fixture's server.py running as a process; a ``ServerObserver`` for the check."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+    started: float
+
+    def exit_note(self) -> str | None:
+        status = self.process.poll()
+        if status is None:
+            return None
+        return explain_exit(status, self.log_path.read_text(), "The server process")
+
+    def listening_note(self) -> str:
+        return ""
+
+
+@pytest.fixture
+def start_fixture(tmp_path: Path) -> Iterator[Callable[[str], FixtureServer]]:
+    """Start fixture servers by folder name; all are killed after the test."""
+    servers: list[FixtureServer] = []
+
+    def start(name: str) -> FixtureServer:
+        port = free_local_port()
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(FIXTURES_DIR),
+            "PYTHONUNBUFFERED": "1",
+            "PORT": str(free_local_port()),  # for wrong_port: anything but AIP_HTTP_PORT
+            **vertex.vertex_environment(port, HEALTH_ROUTE, PREDICT_ROUTE),
+        }
+        log_path = tmp_path / f"{name}.log"
+        started = time.monotonic()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(FIXTURES_DIR / name / "server.py")],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        servers.append(FixtureServer(process, log_path, f"http://127.0.0.1:{port}", started))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.process.kill()
+        server.process.wait(10)
