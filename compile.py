@@ -88,8 +88,9 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run the train-to-serve pipeline with kfp.local: train -> build the serving image "
             "-> contract check -> evaluation gate -> upload to a local model registry -> in "
-            "parallel, deploy to a local endpoint (a long-running container) and a local batch "
-            "prediction job with Vertex's output format. Needs podman or docker "
+            "parallel, the rollout on a local endpoint (deployed next to the serving version at "
+            "a canary share, smoke-tested through the endpoint, promoted or rolled back) and a "
+            "local batch prediction job with Vertex's output format. Needs podman or docker "
             "(scripts/setup-container-engine.sh sets podman up), or --serving process (a "
             "weaker check without an engine). Defaults train a classifier "
             "on the bundled Palmer penguins data set and batch-predict all its rows. Ends with "
