@@ -413,9 +413,10 @@ def test_kfp_local_upload_then_deploy_and_the_endpoint_outlives_the_task(
     response = stand_ins.predict(endpoint_id, instances, endpoints_dir=endpoints_dir)
     assert json_difference(expected, response["predictions"]) is None
     assert stand_ins.get_endpoint(endpoint_id, endpoints_dir).display_name == "kfp-local"
-    assert result.metadata["trafficBefore"] == {}
     (deployed,) = stand_ins.get_endpoint(endpoint_id, endpoints_dir).deployed_models
     assert result.metadata["deployedModelId"] == deployed.id
+    assert result.metadata["trafficAfter"] == {deployed.id: 100}  # the first model: all
+    assert Path(result.metadata["endpointsDir"]) == endpoints_dir.resolve()
 
 
 @pytest.mark.container
