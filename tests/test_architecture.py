@@ -22,6 +22,7 @@ LIBRARY_PACKAGES = (
     "components.contract",
     "components.stand_ins",
     "components.rollout",
+    "components.capacity",
 )
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("serving_image",),

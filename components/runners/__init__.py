@@ -20,11 +20,20 @@ from components.runners.base import (
     ServerState,
     StartError,
     StopResult,
+    UsageUnavailableError,
     start_server,
     tail_lines,
 )
 from components.runners.detect import detect_runner
-from components.runners.engine import SETUP_HINT, Container, Engine, detect_engine
+from components.runners.engine import (
+    SETUP_HINT,
+    Cgroup,
+    Container,
+    Engine,
+    ResourceUsage,
+    cgroup_of,
+    detect_engine,
+)
 from components.runners.http import Exchange, free_local_port, send, tcp_accepts
 from components.runners.process import PROCESS_MODE_NOTE, ProcessRunner, ServerProcess
 
@@ -33,6 +42,7 @@ __all__ = [
     "PROCESS",
     "PROCESS_MODE_NOTE",
     "SETUP_HINT",
+    "Cgroup",
     "Container",
     "Engine",
     "Exchange",
@@ -41,6 +51,7 @@ __all__ = [
     "PortBinding",
     "PortInUseError",
     "ProcessRunner",
+    "ResourceUsage",
     "RunnerError",
     "RunnerNotFoundError",
     "RunningServer",
@@ -50,6 +61,8 @@ __all__ = [
     "ServerState",
     "StartError",
     "StopResult",
+    "UsageUnavailableError",
+    "cgroup_of",
     "detect_engine",
     "detect_runner",
     "free_local_port",

@@ -29,6 +29,8 @@ LOG_LINES = 40
 """Log lines quoted when a server failed."""
 PORT_ATTEMPTS = 3
 """Starts tried on fresh free ports before giving up (another process may take one)."""
+MIN_MEMORY_BYTES = 6 * 1024 * 1024
+"""The smallest memory limit podman and docker accept (6 MiB)."""
 
 
 class RunnerError(RuntimeError):
@@ -49,6 +51,11 @@ class PortInUseError(StartError):
 
 class NotServingError(RunnerError):
     """The server exited, or did not answer as asked, before the deadline."""
+
+
+class UsageUnavailableError(RunnerError):
+    """A server's CPU and memory use cannot be read (it is not running, or its cgroup is not
+    visible from this process); the message says which and what to do."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,29 @@ class ServerSpec:
     """Run a tiny init as PID 1 (Vertex runs none; tests may want signal forwarding)."""
     stop_timeout_s: float = 10.0
     """SIGTERM-to-SIGKILL time when the handle is left as a context manager."""
+    cpus: float | None = None
+    """CPU limit (``--cpus``): at most this many CPUs' worth of time, as a machine type's
+    vCPUs cap a Vertex replica; None for no limit. Container engines only."""
+    memory_bytes: int | None = None
+    """Memory limit (``--memory``, no swap beyond it): the server is killed for lack of memory
+    above it, as on a machine type's memory; None for no limit. Container engines only."""
+
+    def __post_init__(self) -> None:
+        if self.cpus is not None and not self.cpus > 0:
+            raise ValueError(
+                f"ServerSpec cpus={self.cpus!r}: a CPU limit must be above 0 (e.g. 0.5, 2); "
+                "None runs without one"
+            )
+        if self.memory_bytes is not None and self.memory_bytes < MIN_MEMORY_BYTES:
+            raise ValueError(
+                f"ServerSpec memory_bytes={self.memory_bytes!r}: a memory limit must be at least "
+                f"{MIN_MEMORY_BYTES:,} bytes (the engines refuse less); None runs without one"
+            )
+
+    @property
+    def limited(self) -> bool:
+        """Whether a CPU or memory limit is set."""
+        return self.cpus is not None or self.memory_bytes is not None
 
 
 @dataclass(frozen=True)

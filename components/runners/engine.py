@@ -10,7 +10,10 @@ socket is not reliable), and this module only needs the standard library.
 * ``Engine.start(spec, host_port)`` runs a ``ServerSpec`` detached, its port published on
   ``127.0.0.1:host_port``, and returns a ``Container`` (``runners.base.RunningServer``):
   ``wait_until_serving()``, ``logs()``, ``exec()``, ``state()``, ``stop(timeout)`` (SIGTERM,
-  then SIGKILL after the timeout) and ``remove()``; it is also a context manager.
+  then SIGKILL after the timeout) and ``remove()``; it is also a context manager. A spec's
+  ``cpus`` and ``memory_bytes`` become ``--cpus`` and ``--memory`` (a machine type's limits),
+  and ``usage()`` reads the CPU seconds and memory the container used from its cgroup (v1 or
+  v2, read directly: the engines' ``stats`` give no peak, and docker's no CPU seconds).
 
 Example::
 
@@ -33,7 +36,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +184,10 @@ class Engine(base.ServerRunner):
             args += ["--restart", spec.restart]
         if spec.init:
             args.append("--init")
+        if spec.cpus is not None:
+            args += ["--cpus", f"{spec.cpus:g}"]
+        if spec.memory_bytes is not None:  # swap as large as memory: none beyond it, as on Vertex
+            args += ["--memory", str(spec.memory_bytes), "--memory-swap", str(spec.memory_bytes)]
         args += ["-p", f"127.0.0.1:{host_port}:{spec.port}"]
         for key, value in spec.env.items():
             args += ["-e", f"{key}={value}"]
@@ -226,6 +233,33 @@ class Container(base.RunningServer):
     """A container started by ``Engine.start``."""
 
     runner: Engine
+    cgroup: Cgroup | None = field(default=None, repr=False, compare=False)
+    """Where its resource use is read, found on the first ``usage()``."""
+
+    def usage(self) -> ResourceUsage:
+        """CPU seconds used so far, memory now and at its peak, from the container's cgroup
+        (files read directly: after the first call no engine command runs, so sampling it
+        between load steps costs nothing measurable).
+
+        Raises:
+            UsageUnavailableError: the container is not running, or its cgroup cannot be read
+                from this process.
+        """
+        if self.cgroup is None:
+            out = self.runner.command("inspect", "--format", "{{.State.Pid}}", self.id, timeout=60)
+            pid = int(out.stdout.strip() or 0)
+            if pid <= 0:
+                raise base.UsageUnavailableError(
+                    f"cannot read the CPU and memory use of {self.name}: it is not running"
+                )
+            self.cgroup = cgroup_of(pid)
+        try:
+            return self.cgroup.read()
+        except (OSError, ValueError) as exc:
+            raise base.UsageUnavailableError(
+                f"cannot read the CPU and memory use of {self.name} from {self.cgroup.where}: "
+                f"{exc}. Its cgroup goes when it exits: read usage before stopping it"
+            ) from exc
 
     def logs(self) -> str:
         """The container's stdout and stderr so far."""
@@ -299,6 +333,130 @@ class Container(base.RunningServer):
         """Remove the container (killing it if it still runs); never raises."""
         with contextlib.suppress(base.RunnerError):
             self.runner.command("rm", "-f", self.id, check=False, timeout=60)
+
+
+# ------------------------------------------------------------- resource use --
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """A container's CPU and memory use so far, as its cgroup counts them."""
+
+    cpu_seconds: float
+    """CPU time all its processes used since it started (user and system)."""
+    memory_bytes: int
+    """Memory charged to it now (page cache included, as the memory limit counts it)."""
+    peak_memory_bytes: int | None
+    """The most memory charged to it at any moment; None where the kernel keeps no peak
+    (cgroup v2 before Linux 5.19): sample ``memory_bytes`` instead."""
+    throttled_seconds: float | None
+    """Time its processes were held back because the CPU limit was spent (None: unknown)."""
+    oom_kills: int | None
+    """Processes the kernel killed in it for lack of memory (None: unknown). Counts a worker
+    killed while the container lives on, which the engine's ``OOMKilled`` does not (and
+    podman on cgroup v1 does not even set that for the main process)."""
+
+
+@dataclass(frozen=True)
+class Cgroup:
+    """A process's cgroup files: v1 (a directory per controller) or v2 (one directory)."""
+
+    version: int
+    cpu_dir: Path
+    """v1: the ``cpuacct`` controller's directory; v2: the cgroup's one directory."""
+    memory_dir: Path
+    throttle_dir: Path
+    """v1: the ``cpu`` controller's directory (its ``cpu.stat`` counts throttling)."""
+
+    @property
+    def where(self) -> str:
+        """The directories, for messages."""
+        if self.version == 2:
+            return f"cgroup v2 {self.cpu_dir}"
+        return f"cgroup v1 {self.cpu_dir}, {self.memory_dir}"
+
+    def read(self) -> ResourceUsage:
+        """The counters now (``OSError`` once the cgroup is gone)."""
+        if self.version == 2:
+            stat = _keyed(self.cpu_dir / "cpu.stat")
+            peak = self.memory_dir / "memory.peak"
+            throttled = stat.get("throttled_usec")
+            events = _keyed(self.memory_dir / "memory.events")
+            return ResourceUsage(
+                cpu_seconds=stat["usage_usec"] / 1e6,
+                memory_bytes=_number(self.memory_dir / "memory.current"),
+                peak_memory_bytes=_number(peak) if peak.exists() else None,
+                throttled_seconds=None if throttled is None else throttled / 1e6,
+                oom_kills=events.get("oom_kill"),
+            )
+        throttled_ns = _keyed(self.throttle_dir / "cpu.stat").get("throttled_time")
+        return ResourceUsage(
+            cpu_seconds=_number(self.cpu_dir / "cpuacct.usage") / 1e9,
+            memory_bytes=_number(self.memory_dir / "memory.usage_in_bytes"),
+            peak_memory_bytes=_number(self.memory_dir / "memory.max_usage_in_bytes"),
+            throttled_seconds=None if throttled_ns is None else throttled_ns / 1e9,
+            oom_kills=_keyed(self.memory_dir / "memory.oom_control").get("oom_kill"),
+        )
+
+
+def cgroup_of(pid: int, root: Path = CGROUP_ROOT) -> Cgroup:
+    """The cgroup of process ``pid`` (as ``/proc/PID/cgroup`` names it) under ``root``.
+
+    Raises:
+        UsageUnavailableError: the process or its cgroup directories are not visible here
+            (the engine runs in a VM or another PID namespace, or rootless without cgroup
+            delegation).
+    """
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError as exc:
+        raise base.UsageUnavailableError(
+            f"cannot read /proc/{pid}/cgroup ({exc}): the container's process is not visible "
+            "from here; measure on a Linux host whose container engine runs its containers "
+            "there (not in a VM)"
+        ) from exc
+    v1: dict[str, tuple[str, str]] = {}
+    unified = None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers:
+            v1.update({name: (controllers, path) for name in controllers.split(",")})
+        else:
+            unified = path
+    found = None
+    if "cpuacct" in v1 and "memory" in v1 and "cpu" in v1:
+        found = Cgroup(
+            1, _v1_dir(root, "cpuacct", v1), _v1_dir(root, "memory", v1), _v1_dir(root, "cpu", v1)
+        )
+    elif unified is not None and (root / "cgroup.controllers").exists():
+        directory = root / unified.lstrip("/")
+        found = Cgroup(2, directory, directory, directory)
+    if found is None or not (found.cpu_dir.is_dir() and found.memory_dir.is_dir()):
+        raise base.UsageUnavailableError(
+            f"process {pid}'s cgroup ({'; '.join(lines)}) has no readable CPU and memory "
+            f"counters under {root}: measure on a Linux host with a rootful engine, or a "
+            "rootless one with cgroup v2 delegation"
+        )
+    return found
+
+
+def _v1_dir(root: Path, controller: str, v1: Mapping[str, tuple[str, str]]) -> Path:
+    """A v1 controller's directory: mounted as named in ``/proc/PID/cgroup`` (``cpu,cpuacct``)
+    or by the controller's own name (systemd links each name to the joint mount)."""
+    mount, path = v1[controller]
+    base_dir = root / mount if (root / mount).is_dir() else root / controller
+    return base_dir / path.lstrip("/")
+
+
+def _number(path: Path) -> int:
+    return int(path.read_text().strip())
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    """A flat-keyed cgroup file (``cpu.stat``): ``key value`` per line."""
+    pairs = (line.split() for line in path.read_text().splitlines())
+    return {fields[0]: int(fields[1]) for fields in pairs if len(fields) == 2}
 
 
 # ----------------------------------------------------------------- detection --

@@ -103,10 +103,18 @@ class ProcessRunner(base.ServerRunner):
         ``spec.image`` is recorded, not run; ``init`` and ``restart`` do not apply.
 
         Raises:
-            base.StartError: an entrypoint or arguments were given (only the server runs here), or
-                no model directory is named by ``AIP_STORAGE_URI``.
+            base.StartError: an entrypoint or arguments were given (only the server runs here),
+                CPU or memory limits were (a process has no cgroup to cap), or no model
+                directory is named by ``AIP_STORAGE_URI``.
             base.PortInUseError: ``host_port`` is taken.
         """
+        if spec.limited:
+            raise base.StartError(
+                f"process mode cannot limit the server to cpus={spec.cpus} and memory_bytes="
+                f"{spec.memory_bytes}: a local process has no cgroup of its own to cap, and a "
+                "measurement without the limits would overstate what a machine type serves. "
+                "Use a container engine (podman or docker) for limits"
+            )
         if spec.entrypoint or spec.args:
             raise base.StartError(
                 f"process mode runs `python -m {SERVER_MODULE}`, not the entrypoint "
