@@ -821,6 +821,89 @@ def _batch_predict(args: argparse.Namespace) -> int:
     return 1 if summary.error_count else 0
 
 
+def _add_capacity(subparsers: argparse._SubParsersAction) -> None:
+    from components import vertex
+
+    parser = subparsers.add_parser(
+        "capacity",
+        help="measure a serving image's capacity on a Vertex machine type and advise",
+        description=(
+            "Start IMAGE serving --model-dir under the CPU and memory a Vertex machine type "
+            "gives a container (a fraction of it, scaled up, where this host has fewer CPUs "
+            "beside the load generator), time its cold start, drive a stepped load (1, 2, 4, "
+            "... clients) and advise deploy replicas, the CPU autoscaling target, the batch "
+            "size and batch replicas; refuse a machine the model does not fit, naming one it "
+            "fits. Writes capacity.json, capacity.md and capacity.png to --output-dir. Exit "
+            "status 0 with advice, 1 on a refusal, 2 when it could not measure."
+        ),
+    )
+    parser.add_argument("--image", required=True, help="image name or id in the local engine")
+    parser.add_argument("--model-dir", type=Path, required=True, help="the model directory")
+    parser.add_argument(
+        "--machine-type", default=vertex.MACHINE_TYPE, help="Vertex machine type (%(default)s)"
+    )
+    parser.add_argument("--latency-slo-ms", type=float, default=200.0, help="p99 objective")
+    parser.add_argument("--expected-qps", type=float, default=10.0, help="requests/s expected")
+    parser.add_argument("--instances-per-request", type=int, default=1)
+    parser.add_argument("--batch-instances", type=int, default=100_000)
+    parser.add_argument("--batch-deadline-minutes", type=float, default=60.0)
+    parser.add_argument(
+        "--cpus", type=float, help="measure under this CPU limit (default: what the host allows)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "capacity")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="container variable"
+    )
+    parser.set_defaults(handler=_capacity)
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from components.capacity import CapacityError, measure_capacity
+    from components.runners import RunnerError
+
+    try:
+        result = measure_capacity(
+            args.image,
+            args.model_dir,
+            args.output_dir,
+            machine=args.machine_type,
+            latency_slo_ms=args.latency_slo_ms,
+            expected_qps=args.expected_qps,
+            instances_per_request=args.instances_per_request,
+            batch_instances=args.batch_instances,
+            batch_deadline_minutes=args.batch_deadline_minutes,
+            cpus=args.cpus,
+            env=dict(item.partition("=")[::2] for item in args.env),
+        )
+    except (CapacityError, RunnerError) as exc:
+        print(f"error: could not measure: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    document = result.document
+    print(document["measurement_note"])
+    if result.deploy:
+        deploy = result.deploy
+        print(
+            f"deploy on {args.machine_type}: {deploy.min_replica_count}-"
+            f"{deploy.max_replica_count} replicas, CPU autoscaling target "
+            f"{deploy.autoscaling_target}% ({deploy.per_replica_qps:g} requests/s per replica "
+            f"at p99 <= {args.latency_slo_ms:g} ms)"
+        )
+    else:
+        print(f"no deploy advice: {document['no_best_step_reason']}")
+    if result.batch:
+        print(
+            f"batch: batch_size {result.batch.batch_size}, {result.batch.replica_count} "
+            f"replica(s), about {result.batch.estimated_minutes:g} min"
+        )
+    print(f"report: {result.files.markdown}")
+    if result.refusal:
+        print(f"refused: {result.refusal}", file=sys.stderr)
+        return 1
+    return 0
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_compile,
     _add_run_local,
@@ -828,6 +911,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_schedule,
     _add_preflight,
     _add_check_contract,
+    _add_capacity,
     _add_endpoints,
     _add_batch_predict,
 ]

@@ -16,7 +16,7 @@ import pytest
 from google.cloud import storage
 from google.cloud.devtools import cloudbuild_v1
 
-from components.imaging import BuildError, build_serving_image, choose_base_image
+from components.imaging import BuildError, build, build_serving_image, choose_base_image
 from components.runners import Engine, RunnerNotFoundError, detect_engine
 from tests.support.cloud import FakeCloud
 from tests.support.servers import (
@@ -136,6 +136,16 @@ def serving_image_without_model(engine: Engine, base_image: str) -> str:
 
     build_serving_image(engine, IMAGE_TAG, None, base_image=base_image, on_line=lambda _: None)
     return IMAGE_TAG
+
+
+@pytest.fixture(scope="session")
+def wrong_answers_image(engine: Engine, base_image: str) -> str:
+    """A server that keeps Vertex's contract and answers every instance wrong (and, with
+    ``HOLD_MEMORY_MB``, holds that much memory): ``tests/release/wrong_answers``."""
+    tag = "localhost/train-to-serve-wrong-answers:test"
+    folder = Path(__file__).resolve().parent / "release" / "wrong_answers"
+    build(engine, folder, tag, {"BASE_IMAGE": base_image}, ca_bundle=None)
+    return tag
 
 
 @pytest.fixture(scope="module", autouse=True)

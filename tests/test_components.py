@@ -13,6 +13,8 @@ from components import vertex
 from components.build_and_check import build_and_check
 from components.build_image import build_image
 from components.canary_traffic_split import canary_traffic_split
+from components.capacity import measure_capacity
+from components.capacity_check import capacity_check
 from components.contract import CheckSettings
 from components.contract_check import contract_check
 from components.endpoint_get_or_create import endpoint_get_or_create
@@ -40,6 +42,7 @@ COMPONENTS = {
     "evaluation_gate": evaluation_gate,
     "endpoint_get_or_create": endpoint_get_or_create,
     "canary_traffic_split": canary_traffic_split,
+    "capacity_check": capacity_check,
     "smoke_test": smoke_test,
     "promote": promote,
     "roll_back": roll_back,
@@ -111,6 +114,12 @@ def test_literal_defaults_are_the_library_constants() -> None:
     for name in ("image_name", "bake_model", "gpu", "repository", "service_account"):
         assert checked[name] == built[name], name
     assert defaults(smoke_test)["rel_tol"] == settings.rel_tol
+    measured = inspect.signature(measure_capacity).parameters
+    capacity = defaults(capacity_check)
+    assert capacity["machine_type"] == measured["machine"].default == vertex.MACHINE_TYPE
+    for name in ("latency_slo_ms", "expected_qps", "instances_per_request", "batch_instances"):
+        assert capacity[name] == measured[name].default, name
+    assert capacity["batch_deadline_minutes"] == measured["batch_deadline_minutes"].default
     assert defaults(promote)["promote"] == DEFAULTS["promote"] == PROMOTE_ALL
     assert defaults(promote)["keep_previous"] == DEFAULTS["keep_previous_deployments"]
     assert (

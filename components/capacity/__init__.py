@@ -4,7 +4,8 @@
 and the share of one this host can measure; ``load`` and ``measure`` run the image under a
 machine's limits and fill a ``Capacity``; ``advice`` turns it into replica counts, the
 autoscaling target, a batch size, or a refusal; ``report`` writes ``capacity.json``, Markdown
-with a plot, and the numbers for KFP ``Metrics``.
+with a plot, and the numbers for KFP ``Metrics``; ``run`` is one capacity step, all of them
+in order.
 """
 
 from components.capacity.advice import (
@@ -45,6 +46,7 @@ from components.capacity.report import (
     read_capacity,
     write_report,
 )
+from components.capacity.run import CapacityResult, measure_capacity
 
 __all__ = [
     "BATCH_EFFICIENCY",
@@ -59,6 +61,7 @@ __all__ = [
     "BatchAdvice",
     "Capacity",
     "CapacityError",
+    "CapacityResult",
     "DeployAdvice",
     "MachineType",
     "Share",
@@ -71,6 +74,7 @@ __all__ = [
     "machine_type",
     "markdown",
     "measurable_share",
+    "measure_capacity",
     "metrics",
     "no_step_reason",
     "plot_png",

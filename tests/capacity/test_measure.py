@@ -16,7 +16,6 @@ server cannot start under gives a failed measurement that says so, not an except
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -43,16 +42,6 @@ STEP_S = 1.0
 MAX_SECONDS = 90.0
 NO_MERGING = {"SERVING_MAX_BATCH_INSTANCES": "1"}
 TIMINGS: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module")
-def model_dir(penguins_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The penguins model, readable by the image's non-root user when mounted."""
-    copy = tmp_path_factory.mktemp("capacity") / "model"
-    shutil.copytree(penguins_model_dir, copy)
-    for path in (copy.parent, copy, *copy.rglob("*")):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return copy
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ import httpx
 import pytest
 
 from components import release, stand_ins
-from components.imaging import build
 from components.runners import ENGINE_ENV, Engine
 from pipelines.local_run import STEPS
 from serving_image.server import artifact
@@ -223,15 +222,6 @@ class SteadyLoad:
         self.stop.set()
         self.thread.join(60)
         self.client.close()
-
-
-@pytest.fixture(scope="module")
-def wrong_answers_image(engine: Engine, base_image: str) -> str:
-    """A server that keeps Vertex's contract and answers every instance wrong."""
-    tag = "localhost/train-to-serve-wrong-answers:test"
-    folder = REPO_ROOT / "tests" / "release" / "wrong_answers"
-    build(engine, folder, tag, {"BASE_IMAGE": base_image}, ca_bundle=None)
-    return tag
 
 
 @pytest.mark.container

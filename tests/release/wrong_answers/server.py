@@ -1,6 +1,7 @@
 """A model server that keeps Vertex's contract and answers wrong: the broken version of the
 rollout tests. Health answers 200 at once; every prediction is "Gentoo" for sure, whatever the
-instance (standard library only; the image needs no pip).
+instance (standard library only; the image needs no pip). With ``HOLD_MEMORY_MB`` it first
+fills that much memory and keeps it: the memory-hungry model of the capacity tests.
 """
 
 import json
@@ -35,6 +36,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    held = bytearray(int(os.environ.get("HOLD_MEMORY_MB", "0")) * 2**20)
+    for page in range(0, len(held), 4096):  # touch every page: resident, not just reserved
+        held[page] = 1
     server = ThreadingHTTPServer(("0.0.0.0", int(os.environ["AIP_HTTP_PORT"])), Handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.serve_forever()
