@@ -80,7 +80,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
-    from pipelines.local_run import DEFAULT_OUTPUT_DIR, SERVING_MODES
+    from pipelines.local_run import DEFAULT_OUTPUT_DIR, SERVING_MODES, LocalRunOptions
 
     parser = subparsers.add_parser(
         "run-local",
@@ -107,6 +107,23 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
         "--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where runs are written"
     )
     parser.add_argument(
+        "--deploy-machine-type",
+        default=LocalRunOptions.machine_type,
+        help="the Vertex machine type the capacity step measures for (%(default)s)",
+    )
+    parser.add_argument(
+        "--latency-slo-ms",
+        type=float,
+        default=LocalRunOptions.latency_slo_ms,
+        help="the capacity step's p99 objective (%(default)g)",
+    )
+    parser.add_argument(
+        "--expected-qps",
+        type=float,
+        default=LocalRunOptions.expected_qps,
+        help="the traffic the capacity step advises replicas for (%(default)g)",
+    )
+    parser.add_argument(
         "--serving",
         default=SERVING_MODES[0],
         choices=SERVING_MODES,
@@ -131,6 +148,9 @@ def _run_local(args: argparse.Namespace) -> int:
             parameters=given,
             batch_instances=args.batch_instances,
             serving=args.serving,
+            machine_type=args.deploy_machine_type,
+            latency_slo_ms=args.latency_slo_ms,
+            expected_qps=args.expected_qps,
         )
     )
     print("\n" + format_summary(summary))

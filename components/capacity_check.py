@@ -47,7 +47,8 @@ def capacity_check(
     batch size (each request well within Vertex's 60 s and the body limit) and replicas. A
     machine the model does not fit (memory) or cannot start on within the startup window is
     refused: the task fails naming a machine that fits. Needs podman or docker (a Vertex
-    Pipelines task has none: run it locally or with ``compile.py capacity``).
+    Pipelines task has none: run it locally or with ``compile.py capacity``); in process mode
+    it reports that nothing was measured and advises nothing (all zeros).
 
     Args:
         image_uri: the serving image (as the engine knows it).
@@ -76,7 +77,26 @@ def capacity_check(
 
     from components.capacity import CapacityError, measure_capacity
     from components.capacity import metrics as metrics_of
+    from components.runners import ProcessRunner, detect_runner
 
+    names = [
+        "deploy_min_replicas",
+        "deploy_max_replicas",
+        "autoscaling_target",
+        "batch_size",
+        "batch_replica_count",
+    ]
+    if isinstance(detect_runner(), ProcessRunner):
+        reason = (
+            "# Capacity: not measured\n\nProcess mode runs the server as a local process, "
+            "with no cgroup of its own to give a machine type's CPU and memory: nothing to "
+            "advise from. Measure with podman or docker (`compile.py capacity`).\n"
+        )
+        Path(report.path).write_text(reason, encoding="utf-8")
+        Path(capacity.path).write_text("{}", encoding="utf-8")
+        metrics.log_metric("measured", 0)
+        print(reason)
+        return namedtuple("Outputs", names)(0, 0, 0, 0, 0)
     out = Path(tempfile.mkdtemp(prefix="capacity-"))
     result = measure_capacity(
         image_uri,
@@ -97,16 +117,7 @@ def capacity_check(
     if result.refusal:
         raise CapacityError(f"{image_uri} on {machine_type}: {result.refusal}")
     deploy, batch = result.deploy, result.batch
-    return namedtuple(
-        "Outputs",
-        [
-            "deploy_min_replicas",
-            "deploy_max_replicas",
-            "autoscaling_target",
-            "batch_size",
-            "batch_replica_count",
-        ],
-    )(
+    return namedtuple("Outputs", names)(
         deploy.min_replica_count if deploy else 0,
         deploy.max_replica_count if deploy else 0,
         deploy.autoscaling_target if deploy else 0,

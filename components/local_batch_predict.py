@@ -20,6 +20,7 @@ def local_batch_predict(
     gcs_output_directory: Output[Artifact],
     instances_format: str = "jsonl",
     batch_size: int = 64,
+    advised_batch_size: int = 0,
     workers: int = 4,
     key_field: str = "",
     included_fields: list = [],  # noqa: B006 (KFP needs a literal default)
@@ -50,7 +51,9 @@ def local_batch_predict(
         instances_format: ``jsonl`` (each line's JSON value is an instance) or ``csv`` (header
             row; double-quoted values are strings, unquoted ones floats, empty ones null).
         batch_size: Instances per request to the server
-            (``manual_batch_tuning_parameters_batch_size``).
+            (``manual_batch_tuning_parameters_batch_size``); 0: ``advised_batch_size``.
+        advised_batch_size: The capacity step's batch size, used when ``batch_size`` is 0
+            (0 too: Vertex's default, 64).
         workers: Concurrent requests to the server.
         key_field: A field (column) removed from each instance and written as ``key`` in
             its output line instead of the instance.
@@ -71,7 +74,7 @@ def local_batch_predict(
     """
     import logging
 
-    from components.stand_ins import BatchInputError, batch_predict_version
+    from components.stand_ins import DEFAULT_BATCH_SIZE, BatchInputError, batch_predict_version
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per request
     resource = model.metadata.get("resourceName")
@@ -79,13 +82,18 @@ def local_batch_predict(
         raise BatchInputError(
             f"model ({model.uri}) has no metadata.resourceName; pass local_model_upload's output"
         )
+    size = batch_size or advised_batch_size or DEFAULT_BATCH_SIZE
+    print(
+        f"batch size {size}"
+        + ("" if batch_size else " (advised by the capacity step)" if advised_batch_size else "")
+    )
     job = batch_predict_version(
         resource,
         registry_dir,
         instances,
         output_dir,
         instances_format=instances_format,
-        batch_size=batch_size,
+        batch_size=size,
         workers=workers,
         key_field=key_field,
         included_fields=included_fields,

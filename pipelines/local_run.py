@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from components import vertex
 from components.imaging import BuildError, choose_base_image
 from components.runners import (
     ENGINE_ENV,
@@ -59,6 +60,7 @@ STEPS = (
     "train",
     "build-image",
     "contract-check",
+    "capacity-check",
     "evaluation-gate",
     "local-model-upload",
     "local-model-deploy",
@@ -94,6 +96,10 @@ class LocalRunOptions:
     serving: str = "container"
     """``container`` (podman/docker) or ``process`` (process mode: no engine needed, weaker;
     also chosen by ``TRAIN_TO_SERVE_CONTAINER_ENGINE=process``)."""
+    machine_type: str = vertex.MACHINE_TYPE
+    """The Vertex machine type the capacity step measures for."""
+    latency_slo_ms: float = 200.0
+    expected_qps: float = 10.0
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The shared pipeline parameters: the defaults, the task's gate, then those given."""
@@ -102,7 +108,8 @@ class LocalRunOptions:
             raise LocalRunError(f"unknown task {task!r}; use one of {sorted(DEFAULT_GATES)}")
         metric, threshold = DEFAULT_GATES[task]
         gate = {"gate_metric": metric, "gate_threshold": threshold}
-        return {**DEFAULTS, **gate, **self.parameters}
+        # Unset, the batch size is the capacity step's advice (0 asks for it).
+        return {**DEFAULTS, **gate, "batch_size": 0, **self.parameters}
 
 
 class StepClock(io.TextIOBase):
@@ -248,6 +255,19 @@ def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str,
         summary["endpoint"] = {
             key: endpoint.get(key) for key in ("resourceName", "url", "deployedModelId")
         }
+    capacity = out["capacity-check"]
+    document = (
+        json.loads(Path(_uri_path(capacity["capacity"]["uri"])).read_text()) if capacity else {}
+    )
+    if document:  # empty in process mode: nothing measured
+        summary["capacity"] = {
+            "machine_type": document["machine_type"],
+            "report": _uri_path(capacity["report"]["uri"]),
+            "note": document["measurement_note"],
+            "cold_start_s": document["measured"]["cold_start_s"],
+            "deploy": document["deploy"],
+            "batch_size": capacity.get("batch_size"),
+        }
     record = out["promote"].get("record_json", {}).get("uri")
     if record:
         rollout = json.loads(Path(_uri_path(record)).read_text())
@@ -337,6 +357,9 @@ def _run_pipeline(
         "endpoints_dir": str(root / "endpoints"),
         "batch_instances": instances,
         "batch_output_dir": str(root / "batch-predictions"),
+        "deploy_machine_type": options.machine_type,
+        "latency_slo_ms": options.latency_slo_ms,
+        "expected_qps": options.expected_qps,
         **parameters,
     }
     local.init(
@@ -381,6 +404,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"contract check: {'passed' if verdict else 'see report'}; "
         f"report {summary['contract_report']}"
     )
+    if capacity := summary.get("capacity"):
+        deploy = capacity["deploy"] or {}
+        lines.append(
+            f"capacity on {capacity['machine_type']}: cold start {capacity['cold_start_s']:.2f} s; "
+            f"advice {deploy.get('min_replica_count')}-{deploy.get('max_replica_count')} "
+            f"replicas, CPU target {deploy.get('autoscaling_target')}%, batch size "
+            f"{capacity['batch_size']}; report {capacity['report']}"
+        )
     if not summary.get("gate_passed"):
         lines.append("evaluation gate: FAILED; nothing was uploaded, deployed or batch-predicted")
     if version := summary.get("model_version"):

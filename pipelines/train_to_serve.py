@@ -38,9 +38,11 @@ from google_cloud_pipeline_components.v1.endpoint import ModelDeployOp
 from google_cloud_pipeline_components.v1.model import ModelUploadOp
 from kfp import dsl
 
+from components import vertex
 from components.build_and_check import build_and_check
 from components.build_image import build_image
 from components.canary_traffic_split import canary_traffic_split
+from components.capacity_check import capacity_check
 from components.contract_check import contract_check
 from components.endpoint_get_or_create import endpoint_get_or_create
 from components.evaluation_gate import evaluation_gate
@@ -72,11 +74,13 @@ OUR_COMPONENTS = {
 }
 """The project's own components in the Vertex pipeline, by name (compile exports each as YAML)."""
 LOCAL_STAND_INS = {
+    "capacity_check": capacity_check,
     "local_model_upload": local_model_upload,
     "local_model_deploy": local_model_deploy,
     "local_batch_predict": local_batch_predict,
 }
-"""What the local backend runs in place of GCPC's upload, endpoint/deploy and batch ops."""
+"""What the local backend runs in place of GCPC's upload, endpoint/deploy and batch ops, and
+the capacity step (it needs a container engine, which a Vertex task has not)."""
 BACKENDS = ("vertex", "local")
 LOCAL_PIPELINE_NAME = f"{PIPELINE_NAME}-local"
 DISPLAY_NAME_HINT = "letters, digits, spaces, '-', '_' and '.' only"
@@ -449,6 +453,9 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
         batch_instances: str,
         batch_output_dir: str,
         image_name: str = DEFAULT_IMAGE_NAME,
+        deploy_machine_type: str = vertex.MACHINE_TYPE,
+        latency_slo_ms: float = 200.0,
+        expected_qps: float = 10.0,
         **shared: Any,
     ) -> None:
         """Train-to-serve on this machine (``compile.py run-local``).
@@ -462,6 +469,9 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
                 the image build follows the model's framework.
             data, target, task, feature_columns, estimator, hyperparameters, seed: training.
             image_name: local image name (``name[:tag]``) for the serving image.
+            deploy_machine_type: the Vertex machine type the capacity step measures for.
+            latency_slo_ms: the p99 objective of the capacity step.
+            expected_qps: the traffic the capacity step advises replicas for.
             gate_metric, gate_threshold: the evaluation gate, as in the Vertex pipeline.
             model_display_name: display name in the local registry.
             parent_model: ``projects/local/locations/local/models/ID`` to retrain: the upload
@@ -474,21 +484,36 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
                 the Vertex pipeline (locally a share of 0 is a pure smoke test: the router
                 reaches the new deployed model directly).
             batch_instances_format: ``jsonl`` or ``csv``.
-            batch_size: instances per request to the container (Vertex's default is 64).
+            batch_size: instances per request to the container; 0: the capacity step's
+                advice.
         """
+        measured: list[Any] = []
 
         def build_and_check(model: Any) -> Any:
             built = never_cached(
                 ours["build_image"](model=model, image_name=image_name, builder="local")
             )
             # Our own serving image is checked strictly: a hygiene finding on it is our bug.
-            return ours["contract_check"](
+            checked = ours["contract_check"](
                 image_uri=built.outputs["image_uri"], model=model, strict=True
             )
+            # Its capacity on the machine type: a machine it does not fit stops the run here.
+            capacity = never_cached(
+                ours["capacity_check"](
+                    image_uri=built.outputs["image_uri"],
+                    model=model,
+                    machine_type=deploy_machine_type,
+                    latency_slo_ms=latency_slo_ms,
+                    expected_qps=expected_qps,
+                )
+            ).after(checked)
+            measured.append(capacity)
+            return checked
 
         trained, checked, gate = _train_build_check_gate(
             ours, shared, build_and_check, cache_training
         )
+        gate.after(measured[0])
         with dsl.If(gate.output == True, name="model-passes-gate"):  # noqa: E712 (KFP condition)
             uploaded = never_cached(
                 ours["local_model_upload"](
@@ -526,6 +551,7 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
                     instances_format=shared["batch_instances_format"],
                     output_dir=batch_output_dir,
                     batch_size=shared["batch_size"],
+                    advised_batch_size=measured[0].outputs["batch_size"],
                 )
             )
 

@@ -102,6 +102,10 @@ def test_the_summary_names_every_result_and_times_every_step(
     assert version["resourceName"].startswith("projects/local/locations/local/models/")
     assert version["versionId"] == "1" and version["versionAliases"] == ["default"]
     assert summary["rollout"]["decision"] == "promoted"
+    capacity = summary["capacity"]
+    assert capacity["machine_type"] == "n1-standard-2" and capacity["cold_start_s"] > 0
+    assert capacity["deploy"]["min_replica_count"] >= 1
+    assert capacity["batch_size"] >= 1 and Path(capacity["report"]).is_file()
     assert summary["rollout"]["smoke_latency_ms"] > 0
     assert summary["endpoint"]["url"].startswith("http://127.0.0.1:")
     assert (Path(summary["model_dir"]) / artifact.MANIFEST_FILE).is_file()

@@ -285,8 +285,15 @@ def test_the_local_backend_compiles_the_same_dag_with_the_stand_ins(tmp_path: Pa
     compiler.Compiler().compile(build_pipeline(backend="local"), str(tmp_path / "local.yaml"))
     local = yaml.safe_load((tmp_path / "local.yaml").read_text())
     tasks = _tasks(local)
-    first_half = {"train", "build-image", "contract-check", "evaluation-gate"}
+    first_half = {"train", "build-image", "contract-check", "capacity-check", "evaluation-gate"}
     upload, deploy, batch = "local-model-upload", "local-model-deploy", "local-batch-predict"
+    # The capacity step measures the checked image; the gate waits for it; batch takes its
+    # advice (used when the run leaves batch_size unset: 0).
+    assert "contract-check" in _upstream(tasks, "capacity-check")
+    assert "capacity-check" in _upstream(tasks, "evaluation-gate")
+    assert tasks[batch]["inputs"]["parameters"]["advised_batch_size"] == {
+        "componentInputParameter": "pipelinechannel--capacity-check-batch_size"
+    }
     rollout = {"smoke-test", "promote", "roll-back"}
     assert set(tasks) == first_half | {upload, deploy, batch} | rollout | {
         n for n, t in tasks.items() if n.startswith("condition")
