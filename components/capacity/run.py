@@ -106,17 +106,20 @@ def measure_capacity(
         limit = cpus
     scale = round(usable(target).cpus / limit, 3)
     settings = {"SERVING_WORKERS": str(max(1, math.floor(limit))), **(env or {})}
+    common: dict[str, Any] = {
+        "cpus": limit,
+        "latency_slo_ms": latency_slo_ms,
+        "instances_per_request": instances_per_request,
+        "engine": engine,
+        "machine_type": machine,
+        "env": settings,
+    }
     measurement = measure_image(
         image,
         model_dir,
-        cpus=limit,
         memory_bytes=share.memory_limit_bytes,
-        latency_slo_ms=latency_slo_ms,
-        instances_per_request=instances_per_request,
-        engine=engine,
         budget_seconds=budget_seconds,
-        machine_type=machine,
-        env=settings,
+        **common,
     )
     note = ""
     if measurement.cold_start_s is None and _killed_for_memory(measurement):
@@ -124,16 +127,11 @@ def measure_capacity(
         probe = measure_image(
             image,
             model_dir,
-            cpus=limit,
             memory_bytes=share.memory_limit_bytes * PROBE_MEMORY_FACTOR,
-            latency_slo_ms=latency_slo_ms,
-            instances_per_request=instances_per_request,
-            engine=engine,
             budget_seconds=min(budget_seconds, 30.0),
             step_seconds=1.0,
             max_concurrency=1,
-            machine_type=machine,
-            env=settings,
+            **common,
         )
         note = (
             f"killed for lack of memory under {machine}'s "

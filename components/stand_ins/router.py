@@ -323,13 +323,11 @@ def build_app(record: Path, timeout_s: float = vertex.PREDICT_TIMEOUT_S) -> web.
                 answer = await router.forward(retry, body, content_type)
         return endpoint, answer
 
-    async def by_split_answer(request: web.Request, *, vertex_fields: bool) -> web.Response:
-        """The answer of the deployed model the split picks; ``:predict`` adds the
-        PredictResponse fields (``vertex_fields``), ``:rawPredict`` passes it on as it is."""
-        result = await by_split(request)
-        if isinstance(result, web.Response):
-            return result
-        endpoint, answer = result
+    def respond(
+        endpoint: LocalEndpoint, answer: Answer, *, vertex_fields: bool = False
+    ) -> web.Response:
+        """A model's answer with Vertex's headers; ``:predict`` adds the PredictResponse
+        fields (``vertex_fields``), ``:rawPredict`` passes the body on as it is."""
         if answer.status is None:
             return _failed(endpoint.endpoint_id, answer)
         headers = _answer_headers(endpoint.endpoint_id, answer)
@@ -349,6 +347,13 @@ def build_app(record: Path, timeout_s: float = vertex.PREDICT_TIMEOUT_S) -> web.
                 headers.pop("Content-Type", None)
                 return web.json_response(payload, headers=headers)
         return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+    async def by_split_answer(request: web.Request, *, vertex_fields: bool) -> web.Response:
+        """The answer of the deployed model the split picks."""
+        result = await by_split(request)
+        if isinstance(result, web.Response):
+            return result
+        return respond(*result, vertex_fields=vertex_fields)
 
     async def predict(request: web.Request) -> web.Response:
         return await by_split_answer(request, vertex_fields=True)
@@ -374,11 +379,7 @@ def build_app(record: Path, timeout_s: float = vertex.PREDICT_TIMEOUT_S) -> web.
                 None,
             )
         content_type = request.headers.get("Content-Type", "application/json")
-        answer = await router.forward(deployed, body, content_type)
-        if answer.status is None:
-            return _failed(endpoint.endpoint_id, answer)
-        headers = _answer_headers(endpoint.endpoint_id, answer)
-        return web.Response(status=answer.status, body=answer.body, headers=headers)
+        return respond(endpoint, await router.forward(deployed, body, content_type))
 
     async def healthz(request: web.Request) -> web.Response:
         try:
