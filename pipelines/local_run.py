@@ -50,7 +50,7 @@ from components.runners import (
     detect_engine,
 )
 from components.stand_ins import BatchInputError, resolve_inputs
-from components.training import TrainingInputError, load_table
+from components.training import TrainingInputError, check_gate_metric, load_table
 from pipelines.parameters import DEFAULTS, check_rollout
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -336,6 +336,8 @@ def _run_pipeline(
     parameters = options.pipeline_arguments()
     try:
         check_rollout(parameters)
+        # A typo here would otherwise fail only at the gate, after the build and the checks.
+        check_gate_metric(parameters["task"], parameters["gate_metric"])
     except ValueError as exc:
         raise LocalRunError(str(exc)) from exc
     instances = options.batch_instances

@@ -55,6 +55,7 @@ from components.promote import promote
 from components.roll_back import roll_back
 from components.smoke_test import smoke_test
 from components.train import train
+from components.training import check_gate_metric
 from pipelines.accelerators import check_accelerator
 from pipelines.parameters import TRAINING_PARAMETERS, check_rollout, with_shared_parameters
 
@@ -565,6 +566,7 @@ def check_run_parameters(values: dict[str, Any], explicit: Collection[str] = ())
     ``explicit`` names those the run sets itself.
     """
     check_rollout(values)
+    check_gate_metric(values["task"], values["gate_metric"])
     if values["framework"] == "tensorflow":
         check_accelerator(
             values["batch_machine_type"],

@@ -5,7 +5,7 @@
 rule, and ``export`` runs it all and writes the artifact.
 """
 
-from components.training.evaluation import LOWER_IS_BETTER, passes_gate
+from components.training.evaluation import LOWER_IS_BETTER, METRICS, check_gate_metric, passes_gate
 from components.training.export import FRAMEWORKS, TrainingResult, make_fitter, train_and_export
 from components.training.inputs import BUNDLED_DATASETS, TrainingInputError, load_table
 
@@ -13,8 +13,10 @@ __all__ = [
     "BUNDLED_DATASETS",
     "FRAMEWORKS",
     "LOWER_IS_BETTER",
+    "METRICS",
     "TrainingInputError",
     "TrainingResult",
+    "check_gate_metric",
     "load_table",
     "make_fitter",
     "passes_gate",

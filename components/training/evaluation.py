@@ -16,6 +16,25 @@ from components.training.fitting import FittedModel
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae"})
 """Metrics where lower is better; the gate's rule is ``<=`` for these, ``>=`` for the rest."""
+METRICS = {
+    "regression": ("rmse", "mae", "r2"),
+    "classification": ("accuracy", "f1_macro", "roc_auc"),
+}
+"""The metrics ``evaluate`` logs, by task (``roc_auc`` only for a model with probabilities)."""
+
+
+def check_gate_metric(task: str, metric: str) -> None:
+    """Refuse, before anything runs, a gate metric that training will not log for ``task``.
+
+    Raises:
+        ValueError: naming the metric, the task and the metrics there will be.
+    """
+    known = METRICS.get(task, ())
+    if metric not in known:
+        raise ValueError(
+            f"gate_metric {metric!r}: a {task} model's evaluation logs {', '.join(known)}; "
+            "use one of them"
+        )
 
 
 @dataclass

@@ -362,6 +362,16 @@ def test_without_a_container_engine_it_stops_before_training_and_says_what_to_do
     assert not list(tmp_path.glob("train-to-serve-local-*")), "nothing ran"
 
 
+@pytest.mark.container
+def test_a_mistyped_gate_metric_stops_the_run_before_anything_runs(tmp_path: Path) -> None:
+    result = run_local(tmp_path, "--task", "regression", "--gate-metric", "rsme")
+    assert result.returncode == 2
+    assert "gate_metric 'rsme': a regression model's evaluation logs rmse, mae, r2" in (
+        result.stderr
+    )
+    assert not list(tmp_path.glob("train-to-serve-local-*"))  # nothing ran
+
+
 def test_a_missing_batch_input_stops_the_run_before_anything_runs(tmp_path: Path) -> None:
     result = run_local(tmp_path, "--batch-instances", str(tmp_path / "missing.jsonl"))
     assert result.returncode == 2

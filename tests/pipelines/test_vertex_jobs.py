@@ -351,6 +351,7 @@ M = "projects/my-project/locations/europe-west4/models/123"
         ({"version_aliases": ["default"]}, "moves it to the new version only after its smoke"),
         ({"canary_traffic_percent": 150}, "canary_traffic_percent 150: a whole percent"),
         ({"promote": "half"}, "promote 'half': use one of all, canary"),
+        ({"gate_metric": "acuracy"}, "gate_metric 'acuracy': a classification model's evaluation"),
     ],
 )
 def test_where_a_run_goes_is_checked_before_any_request(
