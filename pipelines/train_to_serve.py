@@ -74,14 +74,14 @@ OUR_COMPONENTS = {
     "roll_back": roll_back,
 }
 """The project's own components in the Vertex pipeline, by name (compile exports each as YAML)."""
-LOCAL_STAND_INS = {
+LOCAL_ONLY = {
     "capacity_check": capacity_check,
     "local_model_upload": local_model_upload,
     "local_model_deploy": local_model_deploy,
     "local_batch_predict": local_batch_predict,
 }
-"""What the local backend runs in place of GCPC's upload, endpoint/deploy and batch ops, and
-the capacity step (it needs a container engine, which a Vertex task has not)."""
+"""What only the local backend runs: the stand-ins for GCPC's upload, deploy and batch ops,
+and the capacity step (it needs a container engine, which a Vertex task has not)."""
 BACKENDS = ("vertex", "local")
 LOCAL_PIPELINE_NAME = f"{PIPELINE_NAME}-local"
 DISPLAY_NAME_HINT = "letters, digits, spaces, '-', '_' and '.' only"
@@ -228,7 +228,7 @@ def build_pipeline(
     """
     ours = {
         name: with_image(c, components_image)
-        for name, c in {**OUR_COMPONENTS, **LOCAL_STAND_INS}.items()
+        for name, c in {**OUR_COMPONENTS, **LOCAL_ONLY}.items()
     }
     if backend == "vertex":
         return _vertex_pipeline(ours, components_image, cache_training)

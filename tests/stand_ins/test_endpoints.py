@@ -30,7 +30,13 @@ from components.stand_ins.endpoint_records import LOCK_FILE
 from components.stand_ins.resources import ENDPOINTS_PREFIX
 from serving_image.server import artifact
 from serving_image.server.predictions import json_difference
-from tests.support.stand_ins import HEALTH_ROUTE, PREDICT_ROUTE, container_spec, upload_checked
+from tests.support.stand_ins import (
+    HEALTH_ROUTE,
+    PREDICT_ROUTE,
+    container_spec,
+    process_alive,
+    upload_checked,
+)
 
 TIMINGS: dict[str, float] = {}
 
@@ -164,14 +170,6 @@ def endpoints_dir(tmp_path: Path, engine: Engine) -> Iterator[Path]:
         stand_ins.undeploy(endpoint.endpoint_id, endpoints_dir=directory)
         assert stand_ins.labelled_containers(engine, endpoint.endpoint_id) == []
         assert not process_alive(endpoint.router_pid)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not count)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
-    except OSError:
-        return False
 
 
 def files_left(directory: Path) -> list[str]:

@@ -30,6 +30,7 @@ from components.runners import send
 from components.stand_ins import endpoints as le
 from components.stand_ins.resources import MODELS_PREFIX, now_rfc3339
 from components.stand_ins.router import SmoothWeightedRoundRobin
+from tests.support.stand_ins import process_alive
 
 ID_SERVER = Path(__file__).resolve().parent / "id_server.py"
 A, B, C = "1000000000000000001", "1000000000000000002", "1000000000000000003"
@@ -73,14 +74,6 @@ def endpoints_dir(tmp_path: Path) -> Iterator[Path]:
         endpoint = stand_ins.get_endpoint(endpoint.endpoint_id, directory)
         stand_ins.undeploy(endpoint.endpoint_id, endpoints_dir=directory)
         assert not process_alive(endpoint.router_pid)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not count)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
-    except OSError:
-        return False
 
 
 def deployed(upstream: Upstream, version: str = "1") -> stand_ins.LocalDeployedModel:

@@ -5,6 +5,7 @@ uses a ``$(VAR)`` reference; ``checked_model`` stands in for the contract check 
 kfp.local pipeline: it emits an ``UnmanagedContainerModel`` for ``local_model_upload``.
 """
 
+from pathlib import Path
 from typing import Any
 
 from google_cloud_pipeline_components.types.artifact_types import UnmanagedContainerModel
@@ -47,3 +48,11 @@ def upload_checked(source: Any, registry_dir: Any, spec: dict[str, Any]) -> Any:
         unmanaged_container_model=checked.outputs["ucm"],
         registry_dir=registry_dir,
     )
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
+    except OSError:
+        return False
