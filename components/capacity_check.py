@@ -47,8 +47,9 @@ def capacity_check(
     batch size (each request well within Vertex's 60 s and the body limit) and replicas. A
     machine the model does not fit (memory) or cannot start on within the startup window is
     refused: the task fails naming a machine that fits. Needs podman or docker (a Vertex
-    Pipelines task has none: run it locally or with ``compile.py capacity``); in process mode
-    it reports that nothing was measured and advises nothing (all zeros).
+    Pipelines task has none: run it locally or with ``compile.py capacity``); where it cannot
+    measure (process mode, a host without a core to spare for the load generator) it reports
+    that nothing was measured and advises nothing (all zeros), and the run goes on.
 
     Args:
         image_uri: the serving image (as the engine knows it).
@@ -75,9 +76,8 @@ def capacity_check(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.capacity import CapacityError, measure_capacity
+    from components.capacity import CapacityError, cannot_measure_here, measure_capacity
     from components.capacity import metrics as metrics_of
-    from components.runners import ProcessRunner, detect_runner
 
     names = [
         "deploy_min_replicas",
@@ -86,16 +86,16 @@ def capacity_check(
         "batch_size",
         "batch_replica_count",
     ]
-    if isinstance(detect_runner(), ProcessRunner):
-        reason = (
-            "# Capacity: not measured\n\nProcess mode runs the server as a local process, "
-            "with no cgroup of its own to give a machine type's CPU and memory: nothing to "
-            "advise from. Measure with podman or docker (`compile.py capacity`).\n"
+    reason = cannot_measure_here(machine_type)
+    if reason:
+        text = (
+            f"# Capacity: not measured\n\n{reason}: nothing to advise from. Measure where "
+            "podman or docker runs with a core to spare (`compile.py capacity`).\n"
         )
-        Path(report.path).write_text(reason, encoding="utf-8")
+        Path(report.path).write_text(text, encoding="utf-8")
         Path(capacity.path).write_text("{}", encoding="utf-8")
         metrics.log_metric("measured", 0)
-        print(reason)
+        print(text)
         return namedtuple("Outputs", names)(0, 0, 0, 0, 0)
     out = Path(tempfile.mkdtemp(prefix="capacity-"))
     result = measure_capacity(

@@ -426,7 +426,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if rollout := summary.get("rollout"):
         lines.append(
             f"rollout: {rollout['decision']} after a passed smoke test (median "
-            f"{rollout['smoke_latency_ms']} ms); traffic {rollout['traffic_before']} -> "
+            f"{rollout['smoke_latency_ms']:.1f} ms); traffic {rollout['traffic_before']} -> "
             f"{rollout['traffic_after']}; default alias "
             f"{'moved' if rollout['default_alias_moved'] else 'not moved'}; undeployed "
             f"{', '.join(rollout['undeployed']) or 'nothing'}; record {rollout['record']}"

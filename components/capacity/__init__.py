@@ -46,7 +46,7 @@ from components.capacity.report import (
     read_capacity,
     write_report,
 )
-from components.capacity.run import CapacityResult, measure_capacity
+from components.capacity.run import CapacityResult, cannot_measure_here, measure_capacity
 
 __all__ = [
     "BATCH_EFFICIENCY",
@@ -69,6 +69,7 @@ __all__ = [
     "Usable",
     "batch_advice",
     "best_step",
+    "cannot_measure_here",
     "capacity_document",
     "deploy_advice",
     "machine_type",

@@ -36,7 +36,7 @@ from components.capacity.measure import (
     sample_instances,
 )
 from components.capacity.report import ReportFiles, capacity_document, plot_png, write_report
-from components.runners import Engine
+from components.runners import Engine, ProcessRunner, detect_runner
 
 OOM_EXIT_CODE = 137
 """SIGKILL's exit status: what the kernel's OOM killer leaves (podman on cgroup v1 reports no
@@ -58,6 +58,23 @@ class CapacityResult:
     def refusal(self) -> str | None:
         """Why the image must not go to this machine type (memory, startup window)."""
         return self.document.get("refusal")
+
+
+def cannot_measure_here(machine: str = vertex.MACHINE_TYPE) -> str | None:
+    """Why this host cannot measure for ``machine`` (process mode: no cgroup of its own to
+    limit; too few CPUs beside the load generator), or None. A run then goes on without the
+    capacity step's advice rather than failing. ``ValueError`` for an unknown machine type."""
+    if isinstance(detect_runner(), ProcessRunner):
+        return (
+            "process mode runs the server as a local process, with no cgroup of its own to "
+            "give a machine type's CPU and memory"
+        )
+    target = machine_type(machine)  # an unknown name is the caller's error: raised
+    try:
+        measurable_share(target, host_cpus(), LOAD_GENERATOR_CPUS)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _killed_for_memory(measurement: Measurement) -> bool:

@@ -81,3 +81,24 @@ def test_a_memory_hungry_image_is_refused_for_a_small_machine_naming_one_it_fits
     assert "the smallest machine it fits is e2-" in result.stderr
     document = json.loads((tmp_path / "capacity.json").read_text())
     assert "killed for lack of memory under e2-highcpu-2" in document["memory_probe"]
+
+
+@pytest.mark.parametrize("cpus", [1.0, 1.4])
+def test_a_host_without_a_core_to_spare_says_why_it_cannot_measure(
+    monkeypatch: pytest.MonkeyPatch, cpus: float
+) -> None:
+    from components.capacity import run
+
+    monkeypatch.setattr(run, "host_cpus", lambda: cpus)
+    reason = run.cannot_measure_here("n1-standard-2")
+    assert reason is not None and "the load generator keeps 1" in reason
+    with pytest.raises(ValueError, match="n1-standard-3"):
+        run.cannot_measure_here("n1-standard-3")  # a typo is an error, not a skip
+
+
+def test_process_mode_cannot_measure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.capacity import run
+    from components.runners import ENGINE_ENV, PROCESS
+
+    monkeypatch.setenv(ENGINE_ENV, PROCESS)
+    assert "process mode" in (run.cannot_measure_here() or "")
