@@ -280,6 +280,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="a pipeline parameter; repeat for more (lists and dicts as JSON)",
     )
     parser.add_argument("--params-file", type=Path, help="YAML or JSON file of pipeline parameters")
+    parser.add_argument(
+        "--capacity",
+        type=Path,
+        metavar="CAPACITY_JSON",
+        help="capacity.json of `compile.py capacity`: deploy machine, replicas, batch size and "
+        "batch replicas from its advice, where the parameters leave them unset",
+    )
     parser.add_argument("--display-name", default="train-to-serve")
     parser.add_argument("--service-account", help="service account the run executes as")
     parser.add_argument("--network", help="VPC network for the run (projects/N/global/networks/X)")
@@ -320,6 +327,8 @@ def _run_settings(args: argparse.Namespace) -> Any:
     parameters.update(
         coerce_text_values(parse_assignments(args.param), root_parameters(args.template))
     )
+    if args.capacity:
+        parameters.update(_advised(args.capacity, parameters, args.template))
     return RunSettings(
         template=args.template,
         project=args.project,
@@ -334,6 +343,31 @@ def _run_settings(args: argparse.Namespace) -> Any:
         network=args.network,
         allow_cross_region=args.allow_cross_region,
     )
+
+
+def _advised(path: Path, parameters: dict[str, Any], template: Path) -> dict[str, Any]:
+    """The parameters a capacity report fills (``advised_parameters``), each choice printed."""
+    from pipelines.parameters import advised_parameters, root_parameters
+
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"--capacity {path}: not a readable capacity.json ({exc}); write one with "
+            "compile.py capacity --image IMAGE --model-dir DIR --machine-type TYPE"
+        ) from None
+    framework = root_parameters(template).get("framework", {}).get("defaultValue")
+    try:
+        advised = advised_parameters(document, {"framework": framework, **parameters})
+    except KeyError as exc:
+        raise UsageError(
+            f"--capacity {path}: no {exc} field: not a capacity.json of compile.py capacity"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--capacity {path}: {exc}") from None
+    for note in advised.notes:
+        print(f"capacity: {note}")
+    return advised.values
 
 
 def _add_submit(subparsers: argparse._SubParsersAction) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from components.capacity import DEFAULT_TARGET_UTILIZATION, SCHEMA_VERSION
 from components.rollout.steps import DEFAULT_ALIAS, PROMOTE_ALL, PROMOTE_CHOICES
 from components.stand_ins.batch_inputs import FORMATS
 from components.stand_ins.batch_runner import DEFAULT_BATCH_SIZE
@@ -331,3 +332,81 @@ def check_rollout(values: Mapping[str, Any]) -> None:
         raise ValueError(
             f"promote {values.get('promote')!r}: use one of {', '.join(PROMOTE_CHOICES)}"
         )
+
+
+@dataclass(frozen=True)
+class Advised:
+    """What a capacity report sets for a Vertex run, and one line per choice made."""
+
+    values: dict[str, Any]
+    """Run parameters the run left unset, filled from the advice."""
+    notes: list[str]
+    """What was filled from where, and what was not (and why)."""
+
+
+def advised_parameters(document: Mapping[str, Any], given: Mapping[str, Any]) -> Advised:
+    """The Vertex run's deploy and batch sizes from ``capacity.json`` (``compile.py
+    capacity``), for the parameters ``given`` leaves unset; what ``given`` sets stays.
+
+    The deploy advice fills ``deploy_machine_type`` (the machine measured),
+    ``deploy_min_replicas`` and ``deploy_max_replicas``; the batch advice
+    ``batch_machine_type``, ``batch_replica_count`` and ``batch_size`` for a scikit-learn
+    model (a TensorFlow model's batch job runs its GPU image, which the CPU measurement does
+    not describe). GCPC's ``ModelDeployOp`` takes no autoscaling target: a note says what was
+    advised against Vertex's default.
+
+    Raises:
+        ValueError: a report of another layout, one that refuses the machine type, or a
+            machine type in ``given`` other than the one measured.
+    """
+    if document.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"capacity report schema_version {document.get('schema_version')!r}, expected "
+            f"{SCHEMA_VERSION}: write it again with this version's compile.py capacity"
+        )
+    machine = str(document["machine_type"])
+    if document.get("refusal"):
+        raise ValueError(f"the capacity report refuses {machine}: {document['refusal']}")
+    for name in ("deploy_machine_type", "batch_machine_type"):
+        if name == "batch_machine_type" and given.get("framework") == "tensorflow":
+            continue
+        if given.get(name, machine) != machine:
+            raise ValueError(
+                f"{name} {given[name]!r}, but the capacity report measured {machine}: measure "
+                f"that machine type (compile.py capacity --machine-type {given[name]}) or "
+                f"leave {name} unset"
+            )
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+
+    def fill(name: str, value: Any) -> None:
+        if name in given:
+            notes.append(f"{name}: {given[name]!r} as given (advised: {value!r})")
+        else:
+            values[name] = value
+            notes.append(f"{name}: {value!r} from the capacity report")
+
+    deploy, batch = document.get("deploy"), document.get("batch")
+    if deploy is None:
+        notes.append(f"no deploy advice: {document.get('no_best_step_reason')}")
+    else:
+        fill("deploy_machine_type", machine)
+        fill("deploy_min_replicas", int(deploy["min_replica_count"]))
+        low = int(given.get("deploy_min_replicas", deploy["min_replica_count"]))
+        fill("deploy_max_replicas", max(low, int(deploy["max_replica_count"])))
+        notes.append(
+            f"autoscaling: advised CPU target {deploy['autoscaling_target']}%; GCPC's "
+            "ModelDeployOp takes no target, so Vertex's default "
+            f"({DEFAULT_TARGET_UTILIZATION}%) applies"
+        )
+    if given.get("framework") == "tensorflow":
+        notes.append(
+            "batch: not from the report (a TensorFlow model's batch job runs its GPU image)"
+        )
+    elif batch is None:
+        notes.append(f"no batch advice: {document.get('no_best_step_reason')}")
+    else:
+        fill("batch_machine_type", machine)
+        fill("batch_replica_count", int(batch["replica_count"]))
+        fill("batch_size", int(batch["batch_size"]))
+    return Advised(values, notes)

@@ -81,7 +81,8 @@ LOCAL_ONLY = {
     "local_batch_predict": local_batch_predict,
 }
 """What only the local backend runs: the stand-ins for GCPC's upload, deploy and batch ops,
-and the capacity step (it needs a container engine, which a Vertex task has not)."""
+and the capacity step (it needs a container engine, which a Vertex task has not: a Vertex
+run takes a report measured elsewhere, ``compile.py submit --capacity``)."""
 BACKENDS = ("vertex", "local")
 LOCAL_PIPELINE_NAME = f"{PIPELINE_NAME}-local"
 DISPLAY_NAME_HINT = "letters, digits, spaces, '-', '_' and '.' only"
@@ -305,7 +306,8 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                 ``endpoint_display_name`` in ``location``, created the first time.
             endpoint_display_name: display name of the endpoint found or created.
             deploy_machine_type, deploy_min_replicas, deploy_max_replicas: dedicated resources
-                of the deployed model.
+                of the deployed model (``submit --capacity`` fills them from a capacity
+                report's advice where the run leaves them unset).
             canary_traffic_percent: the new version's share until its smoke test passes (0:
                 the smallest share, 1%, when the endpoint serves another model: a public
                 endpoint routes rawPredict by the split alone; 100 on an empty endpoint).
@@ -320,7 +322,8 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
             batch_accelerator_type, batch_accelerator_count: the GPU of a TensorFlow model's
                 batch job (checked against what Vertex allows before submit); a
                 scikit-learn model's job runs on the CPU, and a GPU asked for it is refused.
-            batch_replica_count: replicas of the batch job (batch does not autoscale).
+            batch_replica_count: replicas of the batch job (batch does not autoscale;
+                ``submit --capacity`` fills it and ``batch_size`` from the advice).
             batch_size: instances per request to the container (Vertex's default is 64).
         """
         build = {

@@ -39,6 +39,7 @@ from components.capacity.machines import (
     usable,
 )
 from components.capacity.report import (
+    SCHEMA_VERSION,
     capacity_document,
     markdown,
     metrics,
@@ -56,6 +57,7 @@ __all__ = [
     "MACHINE_TYPES",
     "MEMORY_HEADROOM",
     "PEAK_FACTOR",
+    "SCHEMA_VERSION",
     "STARTUP_WINDOW_S",
     "TIMEOUT_SAFETY",
     "BatchAdvice",

@@ -70,3 +70,86 @@ def test_a_gate_given_on_the_command_line_wins_over_the_task_s() -> None:
     arguments = options.pipeline_arguments()
     assert arguments["gate_metric"] == "rmse"
     assert arguments["gate_threshold"] == DEFAULT_GATES["regression"][1]
+
+
+# --- a capacity report's advice as a Vertex run's parameters ---------------------------------
+
+
+def capacity_report(**changes: object) -> dict:
+    """A capacity.json as ``compile.py capacity`` writes it, from a measured capacity."""
+    from components.capacity import batch_advice, capacity_document, deploy_advice
+    from tests.capacity import capacity, step
+
+    measured = capacity([step(1, 40.0, 30.0), step(2, 75.0, 45.0), step(4, 120.0, 300.0)])
+    document = capacity_document(
+        measured,
+        latency_slo_ms=100.0,
+        deploy=deploy_advice(measured, 300.0, latency_slo_ms=100.0),
+        batch=batch_advice(
+            measured,
+            instance_bytes=500,
+            instances_total=2_000_000,
+            deadline_minutes=90,
+            max_body_bytes=1_500_000,
+        ),
+    )
+    return {**document, **changes}
+
+
+def test_a_capacity_report_fills_what_the_run_leaves_unset() -> None:
+    from pipelines.parameters import advised_parameters
+
+    report = capacity_report()
+    deploy, batch = report["deploy"], report["batch"]
+    advised = advised_parameters(report, {"framework": "scikit-learn", "batch_size": 32})
+    assert advised.values == {
+        "deploy_machine_type": "n1-standard-2",
+        "deploy_min_replicas": deploy["min_replica_count"],
+        "deploy_max_replicas": deploy["max_replica_count"],
+        "batch_machine_type": "n1-standard-2",
+        "batch_replica_count": batch["replica_count"],
+    }
+    # 300 requests/s at 60% of the 75 requests/s a replica serves within the SLO
+    assert (deploy["min_replica_count"], deploy["max_replica_count"]) == (7, 14)
+    assert f"batch_size: 32 as given (advised: {batch['batch_size']})" in advised.notes
+    assert any("GCPC's ModelDeployOp takes no target" in note for note in advised.notes)
+
+
+def test_a_given_minimum_above_the_advised_maximum_raises_the_maximum() -> None:
+    from pipelines.parameters import advised_parameters
+
+    advised = advised_parameters(capacity_report(), {"deploy_min_replicas": 20})
+    assert advised.values["deploy_max_replicas"] == 20
+    assert "deploy_min_replicas" not in advised.values
+
+
+def test_a_tensorflow_model_s_batch_job_is_not_sized_by_the_cpu_measurement() -> None:
+    from pipelines.parameters import advised_parameters
+
+    advised = advised_parameters(
+        capacity_report(), {"framework": "tensorflow", "batch_machine_type": "n1-standard-8"}
+    )
+    assert not {"batch_size", "batch_replica_count", "batch_machine_type"} & set(advised.values)
+    assert advised.values["deploy_machine_type"] == "n1-standard-2"
+
+
+@pytest.mark.parametrize(
+    ("report", "given", "message"),
+    [
+        (
+            {"refusal": "needs 3.1 GiB; n1-highmem-2 fits"},
+            {},
+            "refuses n1-standard-2: needs 3.1 GiB; n1-highmem-2 fits",
+        ),
+        ({}, {"deploy_machine_type": "n1-standard-4"}, "measured n1-standard-2: measure that"),
+        ({"schema_version": 9}, {}, "schema_version 9, expected 1"),
+    ],
+)
+def test_a_capacity_report_that_does_not_apply_is_refused(
+    report: dict, given: dict, message: str
+) -> None:
+    from pipelines.parameters import advised_parameters
+
+    with pytest.raises(ValueError, match=None) as caught:
+        advised_parameters(capacity_report(**report), given)
+    assert message in str(caught.value)

@@ -4,6 +4,7 @@ No credentials and no network: the SDK builds its requests with anonymous creden
 one API method that would send each request is patched to capture it.
 """
 
+import json
 import shlex
 from pathlib import Path
 from unittest import mock
@@ -399,3 +400,49 @@ def test_the_runs_labels_also_label_the_model_endpoint_and_batch_job(train_to_se
     assert check_settings(settings)["resource_labels"] == {"team": "ml"}
     settings.parameters["resource_labels"] = {"cost-center": "42"}  # given: kept as given
     assert check_settings(settings)["resource_labels"] == {"cost-center": "42"}
+
+
+def test_submit_takes_deploy_and_batch_sizes_from_a_capacity_report(
+    train_to_serve: Path, captured: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from tests.pipelines.test_parameters import capacity_report
+
+    report = capacity_report()
+    path = tmp_path / "capacity.json"
+    path.write_text(json.dumps(report))
+    args = ["submit", *RUN, "--template", str(train_to_serve), "--capacity", str(path)]
+    args += ["--param", "staging_bucket=gs://b/staging", "--param", "batch_size=50"]
+    args += ["--param", "batch_output_uri_prefix=gs://b/out"]
+    args += ["--param", 'batch_gcs_source_uris=["gs://b/in.jsonl"]']
+    assert cli.main(args) == 0
+    values = dict(captured["job"]["job"].runtime_config.parameter_values)
+    assert values["deploy_machine_type"] == report["machine_type"]
+    assert values["deploy_min_replicas"] == report["deploy"]["min_replica_count"]
+    assert values["deploy_max_replicas"] == report["deploy"]["max_replica_count"]
+    assert values["batch_machine_type"] == report["machine_type"]
+    assert values["batch_replica_count"] == report["batch"]["replica_count"]
+    assert values["batch_size"] == 50  # given: the run's own value wins
+    assert "capacity: deploy_min_replicas: 7 from the capacity report" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "not a readable capacity.json"),
+        ('{"schema_version": 1}', "no 'machine_type' field"),
+    ],
+)
+def test_submit_refuses_a_capacity_file_it_cannot_use(
+    train_to_serve: Path,
+    captured: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    content: str,
+    message: str,
+) -> None:
+    path = tmp_path / "capacity.json"
+    path.write_text(content)
+    args = ["submit", *RUN, "--template", str(train_to_serve), "--capacity", str(path)]
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert captured == {}
