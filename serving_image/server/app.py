@@ -34,6 +34,7 @@ from .batching import Batcher
 from .config import Config
 from .loading import ModelState
 from .logs import log_fields
+from .predictor import Predictor
 from .validation import PredictRequest, RequestError, parse_predict_request
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,30 @@ class ServingApp:
             await self.lifespan(receive, send)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
-        """Start loading the model at worker startup; nothing to release at shutdown."""
+        """Start loading the model (and gRPC, when on) at worker startup; stop gRPC at
+        shutdown, its in-flight calls given what the grace period leaves."""
+        grpc_server = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.state.start()
+                if self.config.grpc_port:
+                    from .grpc_service import GrpcServer  # grpcio only where gRPC is on
+
+                    grpc_server = GrpcServer(self)
+                    await grpc_server.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if grpc_server is not None:
+                    await grpc_server.stop(self.config.grace_period_s - self.config.drain_s)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def batcher_for(self, predictor: Predictor) -> Batcher:
+        """The worker's one batcher: HTTP and gRPC requests merge into the same calls."""
+        if self.batcher is None:
+            self.batcher = Batcher(predictor, self.config.max_batch_instances)
+        return self.batcher
 
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = RequestBody(scope, receive)
@@ -149,14 +165,13 @@ class ServingApp:
             )
             await self.respond(send, body, 503, {"error": error}, [(b"retry-after", b"1")])
             return
-        if self.batcher is None:
-            self.batcher = Batcher(predictor, self.config.max_batch_instances)
+        batcher = self.batcher_for(predictor)
         request: PredictRequest | None = None
         try:
             _check_content_type(scope)
             data = await body.read(self.config.max_body_bytes)
             request = parse_predict_request(data, predictor.schema)
-            predictions = await self.batcher.predict(request)
+            predictions = await batcher.predict(request)
         except RequestError as exc:
             await self.respond(send, body, exc.status, exc.body())
             return

@@ -31,6 +31,7 @@ DEFAULT_GRACE_PERIOD_S = 20  # below Kubernetes' default 30 s terminationGracePe
 DEFAULT_WORKER_TIMEOUT_S = 60  # Vertex's inference timeout on shared endpoints
 DEFAULT_KEEP_ALIVE_S = 65  # longer than common proxy idle timeouts, as KServe does
 DEFAULT_LOAD_WAIT_S = 30  # well inside Vertex's 60 s inference timeout
+DEFAULT_MODEL_NAME = "model"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _TRUE = ("1", "true", "yes", "on")
@@ -78,6 +79,11 @@ class Config:
     storage_retry_s: int = DEFAULT_RETRY_S
     """``SERVING_STORAGE_RETRY_S``: how long a ``gs://`` model download retries transient
     failures (unreachable host, 5xx, 429) before the load fails with the reason."""
+    grpc_port: int = 0
+    """``SERVING_GRPC_PORT``: also serve gRPC here (the Open Inference Protocol,
+    ``grpc.health.v1``, reflection; ``containerSpec.grpcPorts``); 0: off."""
+    model_name: str = DEFAULT_MODEL_NAME
+    """``SERVING_MODEL_NAME``: the model's name in gRPC requests (``""`` there also names it)."""
     access_log: bool = False
     """``SERVING_ACCESS_LOG``: one log line per request when true."""
     log_level: str = "info"
@@ -116,6 +122,8 @@ class Config:
             drain_s=reader.integer("SERVING_DRAIN_S", min(DEFAULT_DRAIN_S, grace_s - 1), minimum=0),
             load_wait_s=reader.integer("SERVING_LOAD_WAIT_S", DEFAULT_LOAD_WAIT_S, minimum=0),
             storage_retry_s=reader.integer("SERVING_STORAGE_RETRY_S", DEFAULT_RETRY_S, minimum=1),
+            grpc_port=reader.integer("SERVING_GRPC_PORT", 0, minimum=0, maximum=65535),
+            model_name=reader.text("SERVING_MODEL_NAME", DEFAULT_MODEL_NAME),
             access_log=reader.boolean("SERVING_ACCESS_LOG", False),
             log_level=reader.choice("SERVING_LOG_LEVEL", "info", LOG_LEVELS),
         )
@@ -123,6 +131,11 @@ class Config:
             raise ConfigError(
                 f"SERVING_DRAIN_S={config.drain_s} must be below SERVING_GRACE_PERIOD_S="
                 f"{config.grace_period_s}: the drain is part of the grace period"
+            )
+        if config.grpc_port == config.port:
+            raise ConfigError(
+                f"SERVING_GRPC_PORT={config.grpc_port} is AIP_HTTP_PORT too: gRPC needs a port "
+                "of its own (containerSpec.grpcPorts)"
             )
         if config.storage_uri.startswith("gs://") and len(config.storage_uri) <= len("gs://"):
             raise ConfigError("AIP_STORAGE_URI='gs://' names no bucket")

@@ -21,7 +21,9 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+from . import artifact
 from .logs import log_fields
 from .predictor import ModelLoadError, Predictor, load_predictor
 from .storage import DEFAULT_RETRY_S, StorageError, local_model_dir
@@ -40,6 +42,8 @@ class ModelState:
         self.retry_s = retry_s
         self.predictor: Predictor | None = None
         self.error: str | None = None
+        self.manifest: dict[str, Any] | None = None
+        """The loaded model's manifest (framework, task, classes)."""
 
     @property
     def status(self) -> str:
@@ -70,6 +74,7 @@ class ModelState:
         except Exception as exc:  # a bug or an environment problem: keep the traceback
             self._fail(f"{type(exc).__name__}: {exc}", unexpected=exc)
         else:
+            self.manifest = artifact.read_manifest(model_dir)
             self.predictor = predictor
             log.info("model loaded; health is now 200", extra=log_fields(**summary))
 

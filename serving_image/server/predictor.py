@@ -52,6 +52,8 @@ class Predictor(ABC):
 
     schema: Schema
     """What requests must look like; set by ``load``."""
+    task: str
+    """``classification`` or ``regression`` (the manifest's); set by ``load``."""
 
     @abstractmethod
     def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
@@ -88,7 +90,7 @@ class SklearnPredictor(Predictor):
         self._transform: Any = None
         self._estimator: Any = None
         self._classes: list[Any] = []
-        self._task = "regression"
+        self.task = "regression"
         self._numeric: dict[str, bool] = {}
 
     def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
@@ -101,7 +103,7 @@ class SklearnPredictor(Predictor):
             self._estimator = model[-1]
         else:
             self._estimator = model
-        self._task = manifest["task"]
+        self.task = manifest["task"]
         names = [feature["name"] for feature in manifest["features"]]
         fitted_names = getattr(model, "feature_names_in_", None)
         if fitted_names is not None and list(fitted_names) != names:
@@ -112,7 +114,7 @@ class SklearnPredictor(Predictor):
         if not hasattr(self._estimator, "predict"):
             raise ModelLoadError(f"{type(self._estimator).__name__} has no predict() method")
         probabilities = False
-        if self._task == "classification":
+        if self.task == "classification":
             classes = getattr(model, "classes_", None)
             self._classes = [] if classes is None else classes.tolist()
             if self._classes != manifest["target_classes"]:
@@ -142,7 +144,7 @@ class SklearnPredictor(Predictor):
 
     def predict(self, inputs: Any, request: PredictRequest) -> tuple[Any, Any]:
         """``(labels or values, probabilities)``; each is None when the output does not use it."""
-        if self._task == "regression":
+        if self.task == "regression":
             return self._estimator.predict(inputs), None
         labels = None if request.output == "probabilities" else self._estimator.predict(inputs)
         probabilities = None if request.output == "label" else self._estimator.predict_proba(inputs)
@@ -150,7 +152,7 @@ class SklearnPredictor(Predictor):
 
     def postprocess(self, outputs: tuple[Any, Any], request: PredictRequest) -> list[Any]:
         values, probabilities = outputs
-        if self._task == "regression":
+        if self.task == "regression":
             return format_regression(values.tolist())
         return format_classification(
             [] if values is None else values.tolist(),
@@ -220,7 +222,7 @@ class TensorFlowPredictor(Predictor):
         self._inputs: dict[str, str] = {}
         self._output = ""
         self._classes: list[Any] = []
-        self._task = "regression"
+        self.task = "regression"
         self._numeric: dict[str, bool] = {}
 
     def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
@@ -260,7 +262,7 @@ class TensorFlowPredictor(Predictor):
                 f"signature {signature!r} has outputs {outputs}, not {self._output!r}; "
                 "re-export the model"
             )
-        self._task = manifest["task"]
+        self.task = manifest["task"]
         self._classes = list(manifest.get("target_classes") or [])
         self.schema = Schema.from_manifest(manifest)
         self._numeric = {feature.name: feature.numeric for feature in self.schema.features}
@@ -273,7 +275,7 @@ class TensorFlowPredictor(Predictor):
         return self._function(**inputs)[self._output].numpy()
 
     def postprocess(self, outputs: Any, request: PredictRequest) -> list[Any]:
-        if self._task == "regression":
+        if self.task == "regression":
             return format_regression(outputs.reshape(-1).tolist())
         if outputs.shape[1] != len(self._classes):
             raise ValueError(

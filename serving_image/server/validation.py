@@ -145,7 +145,7 @@ def parse_predict_request(body: bytes, schema: Schema) -> PredictRequest:
     else:
         raise _form_error(instances, 0, schema)
     for feature in schema.features:
-        _check_column(feature, columns[feature.name])
+        check_column(feature, columns[feature.name])
     return PredictRequest(columns, len(instances), output, instances)
 
 
@@ -222,7 +222,9 @@ def _columns_from_arrays(instances: list[Any], schema: Schema) -> dict[str, list
     }
 
 
-def _check_column(feature: Feature, values: list[Any]) -> None:
+def check_column(feature: Feature, values: list[Any]) -> None:
+    """``RequestError`` (400) for the first value of ``values`` that ``feature`` does not
+    take (type, or a number out of range), naming its instance."""
     allowed = feature.allowed_types
     if not set(map(type, values)) <= allowed:
         for index, value in enumerate(values):
