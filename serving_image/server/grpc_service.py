@@ -23,20 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .batching import Batcher
+from .config import Config
+from .loading import ModelState
 from .logs import log_fields
+from .predictor import Predictor
 from .protos import grpc_predict_v2_pb2 as pb
 from .protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from .tensors import LABEL, PROBABILITIES, VALUE, infer_request, infer_response, label_datatype
 from .validation import RequestError
-
-if TYPE_CHECKING:
-    from .app import ServingApp
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,21 @@ PLATFORMS = {"scikit-learn": "sklearn_sklearn", "tensorflow": "tensorflow_savedm
 """``ModelMetadata.platform`` names, as KServe's servers report them."""
 
 
+class Worker(Protocol):
+    """What gRPC needs of the worker's HTTP app (``app.ServingApp``): its model, settings,
+    batcher and whether it is draining."""
+
+    config: Config
+    state: ModelState
+    draining: bool
+
+    def batcher_for(self, predictor: Predictor) -> Batcher: ...
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol over one worker's model."""
 
-    def __init__(self, app: ServingApp) -> None:
+    def __init__(self, app: Worker) -> None:
         self.app = app
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
@@ -156,7 +168,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 class GrpcServer:
     """One worker's gRPC server and the task that keeps its health status current."""
 
-    def __init__(self, app: ServingApp) -> None:
+    def __init__(self, app: Worker) -> None:
         self.app = app
         limit = app.config.max_body_bytes
         self.server = grpc.aio.server(
