@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .protos import grpc_predict_v2_pb2 as pb
@@ -315,3 +315,41 @@ def _probability_rows(tensor: pb.ModelInferResponse.InferOutputTensor) -> list[d
     width = len(classes)
     rows = range(0, len(flat), width)
     return [dict(zip(classes, flat[i : i + width], strict=True)) for i in rows]
+
+
+def request_from_instances(
+    instances: Sequence[Any],
+    features: Sequence[Mapping[str, Any]],
+    *,
+    model_name: str = "",
+    output: str | None = None,
+) -> pb.ModelInferRequest:
+    """The ``ModelInferRequest`` a client sends for HTTP-route ``instances`` (objects keyed by
+    feature name, or arrays in feature order), given the manifest's ``features``: ``FP64``
+    tensors for numeric features (``None`` as NaN), ``BYTES`` for the others (``None`` as
+    an empty string)."""
+    tensors = []
+    for position, feature in enumerate(features):
+        name = feature["name"]
+        values = [
+            row.get(name) if isinstance(row, Mapping) else row[position] for row in instances
+        ]
+        if feature["kind"] == "numeric":
+            datatype = "FP64"
+            contents = pb.InferTensorContents(
+                fp64_contents=[math.nan if v is None else float(v) for v in values]
+            )
+        else:
+            datatype = "BYTES"
+            contents = pb.InferTensorContents(
+                bytes_contents=[b"" if v is None else str(v).encode() for v in values]
+            )
+        tensors.append(
+            pb.ModelInferRequest.InferInputTensor(
+                name=name, datatype=datatype, shape=[len(values)], contents=contents
+            )
+        )
+    request = pb.ModelInferRequest(model_name=model_name, inputs=tensors)
+    if output is not None:
+        request.parameters[OUTPUT_PARAMETER].string_param = output
+    return request
