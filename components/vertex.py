@@ -19,6 +19,9 @@ from serving_image.server import config as server_config
 
 DEFAULT_PORT = server_config.DEFAULT_PORT
 """``containerSpec.ports`` default (8080); exposed to the container as ``AIP_HTTP_PORT``."""
+GRPC_PORT_VARIABLE = server_config.GRPC_PORT_VARIABLE
+"""Ours: the variable that turns our server's gRPC on, on ``containerSpec.grpcPorts[0]``
+(Vertex sets no variable for it)."""
 MAX_FORWARDED_BODY_BYTES = server_config.DEFAULT_MAX_BODY_BYTES
 """The largest request body Vertex forwards to a container online: 10 MB on dedicated public,
 dedicated private (PSC) and private (PSA) endpoints (here 10 MiB, to take either reading)."""

@@ -75,6 +75,9 @@ class ServerSpec:
     image: str
     port: int = DEFAULT_PORT
     """The server's port inside its container (``containerSpec.ports[0]``)."""
+    grpc_port: int | None = None
+    """Its gRPC port inside the container (``containerSpec.grpcPorts[0]``), published too on
+    a free 127.0.0.1 port; None: none."""
     env: Mapping[str, str] = field(default_factory=dict)
     mounts: tuple[Mount, ...] = ()
     entrypoint: str = ""
@@ -127,6 +130,11 @@ class PortBinding:
         """``http://127.0.0.1:<host_port>`` (IPv4: podman does not forward IPv6 loopback)."""
         return f"http://127.0.0.1:{self.host_port}"
 
+    @property
+    def target(self) -> str:
+        """``127.0.0.1:<host_port>``, as a gRPC channel names it."""
+        return f"127.0.0.1:{self.host_port}"
+
 
 @dataclass(frozen=True)
 class StopResult:
@@ -168,6 +176,8 @@ class RunningServer(ABC):
     binding: PortBinding | None = None
     stop_timeout: float = 10.0
     stopped: StopResult | None = None
+    grpc_binding: PortBinding | None = None
+    """The gRPC port's binding (``ServerSpec.grpc_port``); None without one."""
 
     @property
     def url(self) -> str:
@@ -175,6 +185,13 @@ class RunningServer(ABC):
         if self.binding is None:
             raise RunnerError(f"{self.name} publishes no port")
         return self.binding.url
+
+    @property
+    def grpc_target(self) -> str:
+        """``127.0.0.1:<port>`` of the published gRPC port, for ``grpc.insecure_channel``."""
+        if self.grpc_binding is None:
+            raise RunnerError(f"{self.name} publishes no gRPC port (ServerSpec.grpc_port)")
+        return self.grpc_binding.target
 
     @abstractmethod
     def logs(self) -> str:
@@ -268,7 +285,8 @@ class ServerRunner(ABC):
 
     @abstractmethod
     def start(self, spec: ServerSpec, host_port: int) -> RunningServer:
-        """Start ``spec`` detached, its port published on ``host_port`` of 127.0.0.1.
+        """Start ``spec`` detached, its port published on ``host_port`` of 127.0.0.1 (and its
+        gRPC port, if any, on a free one).
 
         Raises:
             PortInUseError: another process holds ``host_port``.

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from components.runners import base
+from components.runners.http import free_local_port
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,10 @@ class Engine(base.ServerRunner):
         if spec.memory_bytes is not None:  # swap as large as memory: none beyond it, as on Vertex
             args += ["--memory", str(spec.memory_bytes), "--memory-swap", str(spec.memory_bytes)]
         args += ["-p", f"127.0.0.1:{host_port}:{spec.port}"]
+        grpc = None
+        if spec.grpc_port is not None:
+            grpc = base.PortBinding(spec.grpc_port, free_local_port())
+            args += ["-p", f"127.0.0.1:{grpc.host_port}:{grpc.container_port}"]
         for key, value in spec.env.items():
             args += ["-e", f"{key}={value}"]
         for mount in spec.mounts:
@@ -216,6 +221,7 @@ class Engine(base.ServerRunner):
             started_at=started,
             binding=base.PortBinding(spec.port, host_port),
             stop_timeout=spec.stop_timeout_s,
+            grpc_binding=grpc,
         )
 
     def attach(self, server_id: str, name: str, image: str) -> Container:

@@ -44,6 +44,8 @@ from typing import Any
 
 from components.files import write_json_atomically
 from components.runners import base
+from components.runners.http import free_local_port
+from components.vertex import GRPC_PORT_VARIABLE
 
 PROCESS_DIR_ENV = "TRAIN_TO_SERVE_PROCESS_DIR"
 """Directory of the servers' state and log files (default: ``<tmp>/train-to-serve-<uid>``)."""
@@ -134,6 +136,10 @@ class ProcessRunner(base.ServerRunner):
             )
         _check_port_free(host_port)
         values["AIP_HTTP_PORT"] = str(host_port)
+        grpc = None
+        if spec.grpc_port is not None:  # no network namespace: the server listens on it
+            grpc = base.PortBinding(spec.grpc_port, free_local_port())
+            values[GRPC_PORT_VARIABLE] = str(grpc.host_port)
         server_id = uuid.uuid4().hex
         log_path = runtime_dir() / f"{server_id}.log"
         started = time.monotonic()
@@ -155,6 +161,7 @@ class ProcessRunner(base.ServerRunner):
             started_at=started,
             binding=base.PortBinding(spec.port, host_port),
             stop_timeout=spec.stop_timeout_s,
+            grpc_binding=grpc,
             pid=popen.pid,
             pid_start=_start_time(popen.pid),
             labels=dict(spec.labels),
@@ -217,6 +224,9 @@ class ServerProcess(base.RunningServer):
             image=record["image"],
             started_at=0.0,
             binding=base.PortBinding(**record["binding"]) if record.get("binding") else None,
+            grpc_binding=(
+                base.PortBinding(**record["grpc_binding"]) if record.get("grpc_binding") else None
+            ),
             pid=int(record["pid"]),
             pid_start=record["pid_start"],
             labels=dict(record["labels"]),
@@ -230,6 +240,7 @@ class ServerProcess(base.RunningServer):
             "name": self.name,
             "image": self.image,
             "binding": asdict(self.binding) if self.binding else None,
+            "grpc_binding": asdict(self.grpc_binding) if self.grpc_binding else None,
             "pid": self.pid,
             "pid_start": self.pid_start,
             "labels": self.labels,

@@ -32,6 +32,8 @@ DEFAULT_WORKER_TIMEOUT_S = 60  # Vertex's inference timeout on shared endpoints
 DEFAULT_KEEP_ALIVE_S = 65  # longer than common proxy idle timeouts, as KServe does
 DEFAULT_LOAD_WAIT_S = 30  # well inside Vertex's 60 s inference timeout
 DEFAULT_MODEL_NAME = "model"
+GRPC_PORT_VARIABLE = "SERVING_GRPC_PORT"
+"""Turns gRPC on, on this port (the callers that start the server set it by this name)."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _TRUE = ("1", "true", "yes", "on")
@@ -122,7 +124,7 @@ class Config:
             drain_s=reader.integer("SERVING_DRAIN_S", min(DEFAULT_DRAIN_S, grace_s - 1), minimum=0),
             load_wait_s=reader.integer("SERVING_LOAD_WAIT_S", DEFAULT_LOAD_WAIT_S, minimum=0),
             storage_retry_s=reader.integer("SERVING_STORAGE_RETRY_S", DEFAULT_RETRY_S, minimum=1),
-            grpc_port=reader.integer("SERVING_GRPC_PORT", 0, minimum=0, maximum=65535),
+            grpc_port=reader.integer(GRPC_PORT_VARIABLE, 0, minimum=0, maximum=65535),
             model_name=reader.text("SERVING_MODEL_NAME", DEFAULT_MODEL_NAME),
             access_log=reader.boolean("SERVING_ACCESS_LOG", False),
             log_level=reader.choice("SERVING_LOG_LEVEL", "info", LOG_LEVELS),
