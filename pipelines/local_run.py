@@ -50,7 +50,12 @@ from components.runners import (
     detect_engine,
 )
 from components.stand_ins import BatchInputError, resolve_inputs
-from components.training import TrainingInputError, check_gate_metric, load_table
+from components.training import (
+    TrainingInputError,
+    check_gate_metric,
+    check_training_inputs,
+    load_table,
+)
 from pipelines.parameters import DEFAULTS, check_rollout
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -336,9 +341,20 @@ def _run_pipeline(
     parameters = options.pipeline_arguments()
     try:
         check_rollout(parameters)
-        # A typo here would otherwise fail only at the gate, after the build and the checks.
+        # A typo in these would otherwise fail only in the train step or at the gate, after
+        # the engine is set up, or after the build and the checks.
         check_gate_metric(parameters["task"], parameters["gate_metric"])
-    except ValueError as exc:
+        check_training_inputs(
+            parameters["data"],
+            parameters["target"],
+            parameters["task"],
+            parameters["feature_columns"],
+            parameters["framework"],
+            parameters["estimator"],
+            dict(parameters["hyperparameters"]),
+            parameters["seed"],
+        )
+    except (ValueError, TrainingInputError) as exc:
         raise LocalRunError(str(exc)) from exc
     instances = options.batch_instances
     if instances:  # a missing file must stop the run now, not after training and deploying

@@ -6,7 +6,13 @@ rule, and ``export`` runs it all and writes the artifact.
 """
 
 from components.training.evaluation import LOWER_IS_BETTER, METRICS, check_gate_metric, passes_gate
-from components.training.export import FRAMEWORKS, TrainingResult, make_fitter, train_and_export
+from components.training.export import (
+    FRAMEWORKS,
+    TrainingResult,
+    check_training_inputs,
+    make_fitter,
+    train_and_export,
+)
 from components.training.inputs import BUNDLED_DATASETS, TrainingInputError, load_table
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "TrainingInputError",
     "TrainingResult",
     "check_gate_metric",
+    "check_training_inputs",
     "load_table",
     "make_fitter",
     "passes_gate",

@@ -66,6 +66,31 @@ def make_fitter(
     raise TrainingInputError(f"unknown framework {framework!r}; choose one of {FRAMEWORKS}")
 
 
+def check_training_inputs(
+    data: str,
+    target: str,
+    task: str,
+    feature_columns: list[str] | None,
+    framework: str,
+    estimator: str,
+    hyperparameters: dict[str, Any],
+    seed: int,
+) -> tuple[Any, str, list[str], Fitter]:
+    """Read the table and check everything training will use, before any fitting: the
+    table, its target and feature columns against ``task``, the estimator and its
+    hyper-parameters against ``framework``. Returns the table, the target, the features and
+    the fit step. ``TrainingInputError`` names the fault (``run-local`` calls this first, so
+    that a typo costs a second, not a build)."""
+    frame, default_target = load_table(data)
+    frame.columns = [str(c) for c in frame.columns]
+    target = target or default_target or ""
+    if not target:
+        raise TrainingInputError(f"no target column given for {data!r}; pass target=<column>")
+    features = list(feature_columns or [c for c in frame.columns if c != target])
+    check_inputs(frame, target, task, features, data)
+    return frame, target, features, make_fitter(framework, task, estimator, hyperparameters, seed)
+
+
 def train_and_export(
     data: str,
     model_dir: str | Path,
@@ -111,14 +136,9 @@ def train_and_export(
         raise TrainingInputError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
     if sample_size < 1:
         raise TrainingInputError(f"sample_size must be at least 1, got {sample_size}")
-    frame, default_target = load_table(data)
-    frame.columns = [str(c) for c in frame.columns]
-    target = target or default_target or ""
-    if not target:
-        raise TrainingInputError(f"no target column given for {data!r}; pass target=<column>")
-    features = list(feature_columns or [c for c in frame.columns if c != target])
-    check_inputs(frame, target, task, features, data)
-    fit = make_fitter(framework, task, estimator, hyperparameters, seed)
+    frame, target, features, fit = check_training_inputs(
+        data, target, task, feature_columns, framework, estimator, hyperparameters, seed
+    )
 
     frame = frame[frame[target].notna()].reset_index(drop=True)
     # Text columns as plain object dtype, missing as None: what a request's JSON gives the server.

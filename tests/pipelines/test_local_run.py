@@ -363,12 +363,27 @@ def test_without_a_container_engine_it_stops_before_training_and_says_what_to_do
 
 
 @pytest.mark.container
-def test_a_mistyped_gate_metric_stops_the_run_before_anything_runs(tmp_path: Path) -> None:
-    result = run_local(tmp_path, "--task", "regression", "--gate-metric", "rsme")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--task", "regression", "--gate-metric", "rsme"],
+            "gate_metric 'rsme': a regression model's evaluation logs rmse, mae, r2",
+        ),
+        (["--target", "specis"], "target column 'specis' is not in 'penguins'; its columns"),
+        (["--estimator", "random_forrest"], "unknown estimator 'random_forrest' for classif"),
+        (
+            ["--hyperparameters", '{"C2": 1}'],
+            "unknown hyper-parameter(s) ['C2'] for estimator 'logistic_regression'",
+        ),
+    ],
+)
+def test_a_mistyped_option_stops_the_run_before_anything_runs(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run_local(tmp_path, *args)
     assert result.returncode == 2
-    assert "gate_metric 'rsme': a regression model's evaluation logs rmse, mae, r2" in (
-        result.stderr
-    )
+    assert message in result.stderr
     assert not list(tmp_path.glob("train-to-serve-local-*"))  # nothing ran
 
 
