@@ -12,8 +12,11 @@ call:
   (logged with the traceback, as the HTTP route's 500);
 * ``grpc.health.v1.Health`` for the server (``""``) and the inference service: ``NOT_SERVING``
   until the model is loaded and self-checked, ``SERVING`` after, ``NOT_SERVING`` again from
-  SIGTERM (the drain) on; ``Watch`` streams the changes;
+  SIGTERM (the drain) on; ``Watch`` streams the changes, and ends at shutdown;
 * server reflection, so that ``grpcurl`` and friends need no ``.proto`` file.
+
+A request that is not its method's message at all is ``INVALID_ARGUMENT`` too (grpc itself
+would answer ``UNKNOWN`` and log an ERROR traceback per request).
 
 Messages are limited to ``SERVING_MAX_BODY_BYTES`` both ways (10 MB: what Vertex forwards on
 the dedicated endpoints that carry gRPC). At shutdown in-flight calls get the grace period.
@@ -22,11 +25,14 @@ the dedicated endpoints that carry gRPC). At shutdown in-flight calls get the gr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .batching import Batcher
@@ -165,6 +171,131 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return state.predictor
 
 
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health``: one status for every service, as they follow one model.
+
+    Not ``grpc_health``'s aio servicer (1.81): once one watcher of a service left, it notified
+    that service's other watchers no more, and its ``Watch`` streams never ended, so that a
+    worker with one open (as gRPC clients' own health checking keeps) spent its whole grace
+    period stopping. Here each ``Watch`` sends the final ``NOT_SERVING`` and ends.
+    """
+
+    def __init__(self, services: Iterable[str]) -> None:
+        self._services = frozenset(services)
+        self._status = health_pb2.HealthCheckResponse.NOT_SERVING
+        self._final = False
+        self._changed = asyncio.Condition()
+
+    async def set(self, status: int) -> None:
+        """Every service's status (ignored once shut down)."""
+        async with self._changed:
+            if not self._final:
+                self._status = status
+                self._changed.notify_all()
+
+    async def shut_down(self) -> None:
+        """``NOT_SERVING`` for good; every ``Watch`` stream sends it and ends."""
+        async with self._changed:
+            self._status, self._final = health_pb2.HealthCheckResponse.NOT_SERVING, True
+            self._changed.notify_all()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in self._services:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no service {request.service!r} here; ask for one of {sorted(self._services)}",
+            )
+        return health_pb2.HealthCheckResponse(status=self._status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        """The status now, then each change, until shutdown (an unknown service:
+        ``SERVICE_UNKNOWN``, as the protocol says)."""
+        known = request.service in self._services
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        sent = None
+        while True:
+            async with self._changed:  # the condition's lock, not held while writing
+                while (status := self._status if known else unknown) == sent and not self._final:
+                    await self._changed.wait()
+                final = self._final
+            if status != sent:
+                yield health_pb2.HealthCheckResponse(status=status)
+                sent = status
+            if final:
+                return
+
+
+class UndecodableRequest:
+    """What a unary request that does not parse as its method's message becomes."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class RefuseUndecodable(grpc.aio.ServerInterceptor):
+    """Answers a unary request whose bytes are not its method's message ``INVALID_ARGUMENT``.
+
+    grpc would answer ``UNKNOWN`` and log an ERROR line with a traceback for each: a client's
+    mistake read as a server fault, and a log anyone can flood. Streamed requests (reflection's
+    only) keep grpc's own handling.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        kind = "unary_stream" if handler.response_streaming else "unary_unary"
+        return handler._replace(
+            request_deserializer=_lenient(handler.request_deserializer),
+            **{kind: _refusing_undecodable(getattr(handler, kind))},
+        )
+
+
+def _lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return UndecodableRequest(str(exc))
+
+    return parse
+
+
+def _refusing_undecodable(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """``behavior`` (a coroutine or an async generator function), after the refusal."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(request, UndecodableRequest):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{request.reason}: the request is not a serialized message of the method's "
+                "request type (server reflection has the .proto)",
+            )
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await refuse(request, context)
+            async for response in behavior(request, context):
+                yield response
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await refuse(request, context)
+        return await behavior(request, context)
+
+    return unary
+
+
 class GrpcServer:
     """One worker's gRPC server and the task that keeps its health status current."""
 
@@ -172,13 +303,14 @@ class GrpcServer:
         self.app = app
         limit = app.config.max_body_bytes
         self.server = grpc.aio.server(
+            interceptors=[RefuseUndecodable()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1),
-            ]
+            ],
         )
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer(("", INFERENCE_SERVICE))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(app), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -188,8 +320,6 @@ class GrpcServer:
         self._tracker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        for service in ("", INFERENCE_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._tracker = asyncio.get_running_loop().create_task(self._track_health())
 
@@ -205,8 +335,7 @@ class GrpcServer:
                 else not_serving
             )
             if wanted != current:
-                for service in ("", INFERENCE_SERVICE):
-                    await self.health.set(service, wanted)
+                await self.health.set(wanted)
                 current = wanted
             await asyncio.sleep(HEALTH_POLL_S)
 
@@ -214,5 +343,5 @@ class GrpcServer:
         """Refuse new calls, give in-flight ones ``grace_s``, then cancel them."""
         if self._tracker is not None:
             self._tracker.cancel()
-        await self.health.enter_graceful_shutdown()
+        await self.health.shut_down()
         await self.server.stop(grace_s)

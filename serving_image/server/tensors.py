@@ -3,11 +3,11 @@
 A ``ModelInferRequest`` carries one input tensor per feature, named as the manifest names it,
 of shape ``[N]`` (or ``[N, 1]``): ``FP64``, ``FP32``, ``INT64`` or ``INT32`` for a numeric
 feature, ``BYTES`` (UTF-8) for a categorical one, in ``contents`` or ``raw_input_contents``
-(as Triton's clients send). A missing value is ``NaN`` in a number tensor and an empty string
-in a ``BYTES`` tensor, where the feature is nullable (JSON's ``null`` on the HTTP route). The
-columns then pass the HTTP route's own checks (``validation.check_column``), so both routes
-refuse the same values with the same words. The request parameter ``output`` chooses the
-answer's form as ``parameters.output`` does over HTTP.
+(as Triton's clients send; not both). A missing value is ``NaN`` in a number tensor and an
+empty string in a ``BYTES`` tensor, where the feature is nullable (JSON's ``null`` on the HTTP
+route). The columns then pass the HTTP route's own checks (``validation.check_column``), so
+both routes refuse the same values with the same words. The request parameter ``output``
+chooses the answer's form as ``parameters.output`` does over HTTP.
 
 The answer's outputs: ``label`` (``BYTES`` for string classes, ``INT64`` or ``FP64`` for
 numbers) and ``probabilities`` (``FP64``, ``[N, classes]``, the class names as JSON in its
@@ -89,8 +89,10 @@ def infer_request(
         columns[feature.name] = _missing_as_none(feature.name, values, feature.numeric)
     if not count:
         raise RequestError(400, "the input tensors hold no instances; send at least one")
+    # In the schema's order, as the HTTP route has them: the model's frame takes its columns
+    # in this order (scikit-learn refuses others), and an absent optional feature is missing.
+    columns = {name: columns.get(name, [None] * count) for name in names}
     for feature in schema.features:
-        columns.setdefault(feature.name, [None] * count)
         check_column(feature, columns[feature.name])
     instances = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
     wanted = tuple(tensor.name for tensor in request.outputs)
@@ -140,6 +142,12 @@ def _values(
             f"{kind} feature takes {' or '.join(accepted)}",
         )
     if raw is not None:
+        if tensor.contents.ListFields():  # the protocol: contents unset when raw carries the data
+            raise RequestError(
+                400,
+                f"input tensor {tensor.name!r} has values in both contents and "
+                "raw_input_contents; give them in one of the two",
+            )
         values = _from_raw(tensor.name, datatype, raw)
     else:
         values = list(getattr(tensor.contents, _CONTENTS_FIELD[datatype]))
@@ -331,9 +339,7 @@ def request_from_instances(
     tensors = []
     for position, feature in enumerate(features):
         name = feature["name"]
-        values = [
-            row.get(name) if isinstance(row, Mapping) else row[position] for row in instances
-        ]
+        values = [row.get(name) if isinstance(row, Mapping) else row[position] for row in instances]
         if feature["kind"] == "numeric":
             datatype = "FP64"
             contents = pb.InferTensorContents(

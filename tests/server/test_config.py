@@ -70,3 +70,33 @@ def test_overrides() -> None:
 def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match="^" + message.replace("?", r"\?")):
         Config.from_env(env)
+
+
+def test_grpc_is_off_unless_a_port_is_given_and_the_model_has_a_default_name() -> None:
+    config = Config.from_env({})
+    assert (config.grpc_port, config.model_name) == (0, "model")
+    # Blank values count as unset, as for every variable.
+    assert Config.from_env({"SERVING_GRPC_PORT": " ", "SERVING_MODEL_NAME": ""}) == config
+    config = Config.from_env({"SERVING_GRPC_PORT": "8081", "SERVING_MODEL_NAME": "penguins"})
+    assert (config.grpc_port, config.model_name) == (8081, "penguins")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SERVING_GRPC_PORT": "grpc"}, "SERVING_GRPC_PORT='grpc' is not an integer"),
+        ({"SERVING_GRPC_PORT": "-1"}, "SERVING_GRPC_PORT=-1 must be between 0 and 65535"),
+        ({"SERVING_GRPC_PORT": "65536"}, "SERVING_GRPC_PORT=65536 must be between 0 and 65535"),
+        (
+            {"AIP_HTTP_PORT": "9000", "SERVING_GRPC_PORT": "9000"},
+            "SERVING_GRPC_PORT=9000 is AIP_HTTP_PORT too: gRPC needs a port of its own",
+        ),
+        (
+            {"SERVING_GRPC_PORT": "8080"},
+            "SERVING_GRPC_PORT=8080 is AIP_HTTP_PORT too: gRPC needs a port of its own",
+        ),
+    ],
+)
+def test_bad_grpc_ports_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message):
+        Config.from_env(env)
