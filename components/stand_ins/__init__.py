@@ -3,10 +3,11 @@
 ``kfp.local`` cannot run GCPC's container components; these keep Vertex's formats and rules on
 one machine: ``registry`` (model versions, aliases and evaluations), ``serving`` (a version's
 server started as Vertex starts it), ``endpoints`` (deployed models and their traffic split,
-behind a ``router`` process: deploy, traffic, predict, undeploy), ``batch_inputs``, ``sender``
-and ``batch_runner`` (batch prediction against any server), ``batch_job`` (a version's batch
-job), with Vertex-shaped ``resources`` names and one ``errors`` hierarchy; and ``cloud_build``,
-a Cloud Build config run on this machine (steps as containers, nothing pushed).
+behind a ``router`` process with a gRPC port, ``grpc_router``: deploy, traffic, predict over
+HTTP or ``grpc_predict``, undeploy), ``batch_inputs``, ``sender`` and ``batch_runner`` (batch
+prediction against any server), ``batch_job`` (a version's batch job), with Vertex-shaped
+``resources`` names and one ``errors`` hierarchy; and ``cloud_build``, a Cloud Build config run
+on this machine (steps as containers, nothing pushed).
 """
 
 from components.stand_ins.batch_inputs import (
@@ -53,6 +54,7 @@ from components.stand_ins.errors import (
     EndpointInputError,
     RegistryError,
 )
+from components.stand_ins.grpc_predict import grpc_predict
 from components.stand_ins.registry import (
     LocalRegistryOps,
     RegisteredVersion,
@@ -93,6 +95,7 @@ __all__ = [
     "get_endpoint",
     "get_or_create_endpoint",
     "get_version",
+    "grpc_predict",
     "import_evaluation",
     "labelled_containers",
     "list_endpoints",

@@ -33,7 +33,8 @@ HEADER_MODEL_VERSION_ID = "X-Vertex-AI-Model-Version-Id"
 ROUTER_ERROR_HEADER = "X-Local-Router-Error"
 """Ours: set on the answers the router makes itself (never on a model's own answer), naming
 the case: ``no-traffic``, ``unknown-endpoint``, ``unknown-deployed-model``, ``unreachable``,
-``broken-answer``, ``timeout``, ``too-large``, ``record-unreadable``."""
+``broken-answer``, ``timeout``, ``too-large``, ``record-unreadable``; on its gRPC port (in the
+trailing metadata, lower-case) also ``no-grpc``."""
 UNREACHABLE = "unreachable"
 
 
@@ -51,6 +52,16 @@ def raw_predict_path(endpoint_id: str, deployed_model_id: str | None = None) -> 
     if deployed_model_id:
         return f"/v1/{ENDPOINTS_PREFIX}{endpoint_id}/deployedModels/{deployed_model_id}:rawPredict"
     return f"/v1/{ENDPOINTS_PREFIX}{endpoint_id}:rawPredict"
+
+
+def model_headers(deployed: LocalDeployedModel) -> dict[str, str]:
+    """The headers naming the deployed model that answered (gRPC metadata takes them in lower
+    case)."""
+    return {
+        HEADER_DEPLOYED_MODEL_ID: deployed.id,
+        HEADER_MODEL: deployed.model_name,
+        HEADER_MODEL_VERSION_ID: deployed.version_id,
+    }
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -78,6 +89,9 @@ class LocalDeployedModel:
     startup_seconds: float | None = None
     """From ``run`` until health first answered 200; None while it starts (or when the deploy
     was interrupted)."""
+    grpc_target: str = ""
+    """The server's published gRPC port, ``127.0.0.1:<host port>``; ``""`` when its
+    containerSpec has no ``grpcPorts``."""
 
     @property
     def model_name(self) -> str:
@@ -121,6 +135,9 @@ class LocalEndpoint:
     router_port: int = 0
     """The router's 127.0.0.1 port (0 before it first started)."""
     router_pid: int = 0
+    grpc_port: int = 0
+    """The router's gRPC 127.0.0.1 port (0 before it first started, or for a router started
+    before routers served gRPC)."""
     deployed_models: tuple[LocalDeployedModel, ...] = ()
     """In the order they were deployed."""
     traffic_split: dict[str, int] = field(default_factory=dict)
@@ -143,6 +160,11 @@ class LocalEndpoint:
     def url(self) -> str:
         """Where to POST ``{"instances": [...]}``: the router's ``:predict``."""
         return self.base_url + predict_path(self.endpoint_id)
+
+    @property
+    def grpc_target(self) -> str:
+        """The router's gRPC ``127.0.0.1:<port>``; ``""`` without one."""
+        return f"127.0.0.1:{self.grpc_port}" if self.grpc_port else ""
 
     @property
     def deployed_ids(self) -> list[str]:

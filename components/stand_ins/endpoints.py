@@ -9,8 +9,9 @@ models and a traffic split between them:
   and ``io.train-to-serve.deployed-model=<deployed_model_id>``;
 * a small router process (``stand_ins.router``) listens on the endpoint's own 127.0.0.1 port
   with Vertex's routes (``:predict``, ``:rawPredict``, and rawPredict to one deployed model)
-  and picks a deployed model by the split; it re-reads the record when it changes, so a new
-  split applies from the next request on;
+  and on a second one for gRPC (``stand_ins.grpc_router``: every call passed on to a deployed
+  model whose containerSpec has ``grpcPorts``), and picks a deployed model by the split; it
+  re-reads the record when it changes, so a new split applies from the next request on;
 * the endpoint is a record, ``<endpoints_dir>/<endpoint_id>.json`` (``endpoint_records``:
   the record, the routes and the headers the router shares), written atomically under the
   directory's lock (``.lock``: pipeline tasks and the command line may change it at once); the
@@ -170,12 +171,13 @@ def _router_log_tail(endpoints_dir: str | Path, endpoint_id: str) -> str:
 
 
 def _start_router(endpoint: LocalEndpoint, endpoints_dir: str | Path) -> LocalEndpoint:
-    """Start the endpoint's router on its port (a free one when it has none yet), wait until
-    ``/healthz`` answers from it, and write the record with its port and pid. Under the lock.
+    """Start the endpoint's router on its HTTP and gRPC ports (free ones when it has none yet),
+    wait until ``/healthz`` answers from it, and write the record with its ports and pid.
+    Under the lock.
 
     Raises:
         EndpointError: the router exited or did not answer (with its log's last lines), or
-            its port is taken by another process.
+            its ports are taken by another process.
     """
     directory = directory_of(endpoints_dir)
     record = record_path(directory, endpoint.endpoint_id)
@@ -188,11 +190,23 @@ def _start_router(endpoint: LocalEndpoint, endpoints_dir: str | Path) -> LocalEn
     while True:
         attempt += 1
         port = endpoint.router_port if fixed else free_local_port()
-        endpoint = replace(endpoint, router_port=port, router_pid=0)
+        # A router started before routers served gRPC has no gRPC port to keep.
+        grpc_port = endpoint.grpc_port if fixed and endpoint.grpc_port else free_local_port()
+        endpoint = replace(endpoint, router_port=port, grpc_port=grpc_port, router_pid=0)
         write_record(directory, endpoint)  # the router reads it at start
         with log.open("ab") as handle:
             popen = subprocess.Popen(
-                [sys.executable, "-m", ROUTER_MODULE, "--record", str(record), "--port", str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    ROUTER_MODULE,
+                    "--record",
+                    str(record),
+                    "--port",
+                    str(port),
+                    "--grpc-port",
+                    str(grpc_port),
+                ],
                 cwd=_REPO_ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -223,15 +237,28 @@ def _start_router(endpoint: LocalEndpoint, endpoints_dir: str | Path) -> LocalEn
             else f"did not answer GET /healthz within {ROUTER_START_TIMEOUT_S:.0f} s"
         )
         hint = (
-            f" Port {port} is the endpoint's; free it, or undeploy the endpoint "
-            f"(compile.py endpoints undeploy {endpoint.endpoint_id}) and deploy again."
+            f" Ports {port} (HTTP) and {grpc_port} (gRPC) are the endpoint's; free them, or "
+            f"undeploy the endpoint (compile.py endpoints undeploy {endpoint.endpoint_id}) and "
+            "deploy again."
             if fixed
             else ""
         )
         raise EndpointError(
-            f"the router of endpoint {endpoint.endpoint_id} on 127.0.0.1:{port} {what}.{hint} "
+            f"the router of endpoint {endpoint.endpoint_id} on 127.0.0.1:{port} (gRPC "
+            f"{grpc_port}) {what}.{hint} "
             f"Last lines of {log}:\n{last}"
         )
+
+
+def running_endpoint(endpoint_id: str, endpoints_dir: str | Path) -> LocalEndpoint:
+    """The record of ``endpoint_id`` with its router running (restarted on its ports when its
+    process is gone): what a request through the router needs.
+
+    Raises:
+        EndpointInputError: unknown endpoint.
+        EndpointError: the router did not start again.
+    """
+    return _ensure_router(get_endpoint(endpoint_id, endpoints_dir), endpoints_dir)
 
 
 def _ensure_router(endpoint: LocalEndpoint, endpoints_dir: str | Path) -> LocalEndpoint:
@@ -347,7 +374,7 @@ def deploy(
     version = get_version(registry_dir, model_resource)
     engine = engine or detect_runner()
     if endpoint_id:
-        endpoint = _ensure_router(get_endpoint(endpoint_id, endpoints_dir), endpoints_dir)
+        endpoint = running_endpoint(endpoint_id, endpoints_dir)
         created = False
     else:
         endpoint, created = get_or_create_endpoint(
@@ -384,6 +411,7 @@ def deploy(
         image=container.image,
         engine=engine.reference,
         create_time=now_rfc3339(),
+        grpc_target=served.grpc_target,
     )
     try:
         # Listed at 0% while it starts, so that an interrupted deploy can still be undeployed.
@@ -682,7 +710,7 @@ def predict(
             stopped, with its last log lines), a non-200 answer, or one that is not a JSON
             object.
     """
-    endpoint = _ensure_router(get_endpoint(endpoint_id, endpoints_dir), endpoints_dir)
+    endpoint = running_endpoint(endpoint_id, endpoints_dir)
     body: dict[str, Any] = {"instances": list(instances)}
     if parameters is not None:
         body["parameters"] = dict(parameters)
@@ -722,7 +750,7 @@ def raw_predict(
     Raises:
         EndpointInputError: unknown endpoint or deployed model.
     """
-    endpoint = _ensure_router(get_endpoint(endpoint_id, endpoints_dir), endpoints_dir)
+    endpoint = running_endpoint(endpoint_id, endpoints_dir)
     if deployed_model_id is not None:
         deployed_model_id = endpoint.deployed_model(deployed_model_id).id
     route = raw_predict_path(endpoint.endpoint_id, deployed_model_id)

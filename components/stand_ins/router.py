@@ -1,8 +1,10 @@
 """The router in front of a local endpoint's deployed models: Vertex's endpoint routes on one
 127.0.0.1 port, each request sent to a deployed model chosen by the traffic split.
 
-``python -m components.stand_ins.router --record PATH --port N`` (``endpoints`` starts it
-detached, one per endpoint). Routes, shaped as Vertex's:
+``python -m components.stand_ins.router --record PATH --port N --grpc-port M`` (``endpoints``
+starts it detached, one per endpoint). With ``--grpc-port`` it serves gRPC on that port too,
+started and stopped with the HTTP routes (``grpc_router``: every call passed on to a deployed
+model that serves gRPC, by the same split). Routes, shaped as Vertex's:
 
 * ``POST /v1/projects/local/locations/local/endpoints/{ID}:predict``: the split picks a model;
   its JSON answer comes back with ``PredictResponse``'s ``deployedModelId``, ``model`` (without
@@ -18,12 +20,14 @@ A model's non-200 answer passes through unchanged; the router's own errors are J
 ``{"error": ...}`` with ``X-Local-Router-Error`` naming the case.
 
 The choice is nginx's smooth weighted round-robin over the models with a share above 0, so a
-split is honoured exactly over every run of 100 requests. The record is read again whenever
-its inode or mtime changes (records are replaced atomically), so a new split applies from the
-next request on. A request that gets no answer at the connection level (refused, reset or
-closed before any response) is sent once more, to another model with traffic when there is
-one: a predict is idempotent and nothing was answered, so undeploying a model fails no request.
-The router exits when its record is gone (the endpoint was undeployed behind its back).
+split is honoured exactly over every run of 100 requests; gRPC calls have a round-robin of their
+own over the models with a share that serve gRPC, so that each protocol gets the split however
+their calls interleave. The record is read again whenever its inode or mtime changes (records
+are replaced atomically), so a new split applies from the next request on. A request that
+gets no answer at the connection level (refused, reset or closed before any response) is sent
+once more, to another model with traffic when there is one: a predict is idempotent and nothing
+was answered, so undeploying a model fails no request. The router exits when its record is
+gone (the endpoint was undeployed behind its back).
 """
 
 from __future__ import annotations
@@ -45,17 +49,16 @@ from aiohttp import web
 
 from components import traffic, vertex
 from components.stand_ins.endpoint_records import (
-    HEADER_DEPLOYED_MODEL_ID,
     HEADER_ENDPOINT_ID,
-    HEADER_MODEL,
-    HEADER_MODEL_VERSION_ID,
     ROUTER_ERROR_HEADER,
     UNREACHABLE,
     LocalDeployedModel,
     LocalEndpoint,
+    model_headers,
     read_record,
 )
 from components.stand_ins.errors import EndpointError
+from components.stand_ins.grpc_router import GrpcRouter
 from components.stand_ins.resources import ENDPOINTS_PREFIX
 
 RECORD_CHECK_INTERVAL_S = 1.0
@@ -114,7 +117,8 @@ class Router:
         self.timeout_s = timeout_s
         self.stamp: tuple[int, int, int] | None = None
         self.endpoint: LocalEndpoint | None = None
-        self.chooser = SmoothWeightedRoundRobin({})
+        self.choosers = {grpc: SmoothWeightedRoundRobin({}) for grpc in (False, True)}
+        """HTTP's (False) and gRPC's (True) round-robin."""
         self.session: aiohttp.ClientSession | None = None
 
     def current(self) -> LocalEndpoint:
@@ -137,24 +141,28 @@ class Router:
                 return self.endpoint
             first = self.endpoint is None
             self.stamp = stamp
-            weights = dict(serving_weights(endpoint))
-            if first or weights != self.chooser.weights:
-                self.chooser = SmoothWeightedRoundRobin(weights)
+            for grpc, chooser in list(self.choosers.items()):
+                weights = dict(serving_weights(endpoint, grpc=grpc))
+                if first or weights != chooser.weights:
+                    self.choosers[grpc] = SmoothWeightedRoundRobin(weights)
             self.endpoint = endpoint
             if not first:  # the first read is in the start line
                 log(f"reloaded: {describe(endpoint)}")
         return self.endpoint
 
-    def choose(self, endpoint: LocalEndpoint) -> LocalDeployedModel | None:
-        """The deployed model the split gives the next request, or None when none has
-        traffic."""
-        chosen = self.chooser.pick()
+    def choose(self, endpoint: LocalEndpoint, *, grpc: bool = False) -> LocalDeployedModel | None:
+        """The deployed model the split gives the next request (``grpc``: the next gRPC call,
+        among the models that serve gRPC), or None when none has traffic."""
+        chosen = self.choosers[grpc].pick()
         return None if chosen is None else endpoint.find_deployed_model(chosen)
 
-    def fallback(self, endpoint: LocalEndpoint, failed: str) -> LocalDeployedModel | None:
-        """For a request ``failed`` did not answer: the other model with the largest share,
-        else ``failed`` itself if it still has traffic (a fresh connection may reach it)."""
-        others = [(d, share) for d, share in endpoint.serving() if d.id != failed]
+    def fallback(
+        self, endpoint: LocalEndpoint, failed: str, *, grpc: bool = False
+    ) -> LocalDeployedModel | None:
+        """For a request ``failed`` did not answer: the other model with the largest share
+        (``grpc``: that serves gRPC), else ``failed`` itself if it still has traffic (a fresh
+        connection may reach it)."""
+        others = [(d, share) for d, share in serving(endpoint, grpc=grpc) if d.id != failed]
         if others:
             return max(others, key=lambda item: item[1])[0]
         return endpoint.find_deployed_model(failed) if endpoint.traffic_split.get(failed) else None
@@ -198,9 +206,15 @@ def describe(endpoint: LocalEndpoint) -> str:
     )
 
 
-def serving_weights(endpoint: LocalEndpoint) -> list[tuple[str, int]]:
-    """(deployed model id, share) of the deployed models with traffic."""
-    return [(deployed.id, share) for deployed, share in endpoint.serving()]
+def serving(endpoint: LocalEndpoint, *, grpc: bool = False) -> list[tuple[LocalDeployedModel, int]]:
+    """The deployed models with traffic and their shares (``grpc``: those that serve gRPC)."""
+    return [(d, share) for d, share in endpoint.serving() if not grpc or d.grpc_target]
+
+
+def serving_weights(endpoint: LocalEndpoint, *, grpc: bool = False) -> list[tuple[str, int]]:
+    """(deployed model id, share) of the deployed models with traffic (``grpc``: those that
+    serve gRPC)."""
+    return [(deployed.id, share) for deployed, share in serving(endpoint, grpc=grpc)]
 
 
 def _json_error(
@@ -208,20 +222,12 @@ def _json_error(
 ) -> web.Response:
     headers = {ROUTER_ERROR_HEADER: case, HEADER_ENDPOINT_ID: endpoint_id}
     if deployed is not None:
-        headers.update(_model_headers(deployed))
+        headers.update(model_headers(deployed))
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def _model_headers(deployed: LocalDeployedModel) -> dict[str, str]:
-    return {
-        HEADER_DEPLOYED_MODEL_ID: deployed.id,
-        HEADER_MODEL: deployed.model_name,
-        HEADER_MODEL_VERSION_ID: deployed.version_id,
-    }
-
-
 def _answer_headers(endpoint_id: str, answer: Answer) -> dict[str, str]:
-    headers = {HEADER_ENDPOINT_ID: endpoint_id, **_model_headers(answer.deployed)}
+    headers = {HEADER_ENDPOINT_ID: endpoint_id, **model_headers(answer.deployed)}
     if answer.content_type:
         headers["Content-Type"] = answer.content_type
     return headers
@@ -235,13 +241,30 @@ def _failed(endpoint_id: str, answer: Answer) -> web.Response:
 ROUTER_KEY = web.AppKey("router", Router)
 
 
-def build_app(record: Path, timeout_s: float = vertex.PREDICT_TIMEOUT_S) -> web.Application:
+def build_app(
+    record: Path, timeout_s: float = vertex.PREDICT_TIMEOUT_S, grpc_port: int = 0
+) -> web.Application:
     """The router's aiohttp application for the endpoint record at ``record`` (read once
-    here: ``EndpointError`` or ``OSError`` when it cannot be)."""
+    here: ``EndpointError`` or ``OSError`` when it cannot be), with its gRPC side on
+    ``grpc_port`` when one is given (started with the app; ``OSError`` when it cannot bind)."""
     router = Router(record, timeout_s)
     router.current()
     app = web.Application(client_max_size=vertex.MAX_FORWARDED_BODY_BYTES)
     app[ROUTER_KEY] = router
+    if grpc_port:
+        grpc_side = GrpcRouter(router, timeout_s, log)
+
+        async def start_grpc(app: web.Application) -> None:
+            await grpc_side.start(grpc_port)
+
+        async def stop_grpc(app: web.Application) -> None:
+            await grpc_side.stop(timeout_s)
+
+        # Started before the HTTP client session opens (cleanup_ctx, the first startup step),
+        # so that a port it cannot bind leaves nothing open; stopped at shutdown, not cleanup,
+        # so that its calls drain while the HTTP requests do.
+        app.on_startup.insert(0, start_grpc)
+        app.on_shutdown.append(stop_grpc)
 
     async def client(app: web.Application) -> AsyncIterator[None]:
         router.session = aiohttp.ClientSession(
@@ -412,11 +435,14 @@ async def _watch_record(record: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; exit status 2 when the record cannot be read, 3 when the
+    """Serve until SIGTERM or SIGINT; exit status 2 when the record cannot be read, 3 when a
     port cannot be bound."""
     parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'router'}")
     parser.add_argument("--record", type=Path, required=True, help="the endpoint's record")
     parser.add_argument("--port", type=int, required=True, help="the 127.0.0.1 port to serve on")
+    parser.add_argument(
+        "--grpc-port", type=int, default=0, help="the 127.0.0.1 port to serve gRPC on (0: none)"
+    )
     parser.add_argument(
         "--timeout-s",
         type=float,
@@ -425,12 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        app = build_app(args.record, args.timeout_s)
+        app = build_app(args.record, args.timeout_s, args.grpc_port)
     except (OSError, EndpointError) as exc:
         log(f"cannot start: {exc}")
         return 2
     endpoint = app[ROUTER_KEY].current()
-    log(f"starting on 127.0.0.1:{args.port}, record {args.record}; {describe(endpoint)}")
+    grpc = f" and gRPC 127.0.0.1:{args.grpc_port}" if args.grpc_port else ""
+    log(f"starting on 127.0.0.1:{args.port}{grpc}, record {args.record}; {describe(endpoint)}")
     try:
         web.run_app(
             app,
@@ -441,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_timeout=args.timeout_s,
         )
     except OSError as exc:
-        log(f"cannot serve on 127.0.0.1:{args.port}: {exc}")
+        log(f"cannot serve: {exc}")  # the message names the address
         return 3
     log("stopped")
     return 0

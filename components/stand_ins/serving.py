@@ -8,7 +8,8 @@ a batch prediction job.
   Kubernetes does;
 * the version's model directory mounted read-only and named by ``AIP_STORAGE_URI``;
 * detached, with restart policy ``on-failure:3`` (Vertex restarts a container whose process
-  exits), ``ports[0]`` published on a ``127.0.0.1`` host port.
+  exits), ``ports[0]`` published on a ``127.0.0.1`` host port, and ``grpcPorts[0]`` (the one
+  Vertex uses) on another when the spec has ``grpcPorts``.
 
 In process mode (``TRAIN_TO_SERVE_CONTAINER_ENGINE=process``) the runner is process mode's:
 the same environment, the server code as a detached local process, no restart policy.
@@ -41,6 +42,13 @@ DEFAULT_DEPLOY_TIMEOUT_S = 300.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
 
 
+def grpc_port(spec: Mapping[str, Any]) -> int | None:
+    """``grpcPorts[0].containerPort`` (Vertex uses the first), or None when the spec has no
+    ``grpcPorts``."""
+    ports = spec.get("grpcPorts") or []
+    return int(ports[0]["containerPort"]) if ports else None
+
+
 def deployment_timeout(spec: Mapping[str, Any]) -> float:
     """``deploymentTimeout`` (``"1800s"``) when the spec sets one, else the local default."""
     match = _DURATION.fullmatch(str(spec.get("deploymentTimeout", "")))
@@ -61,6 +69,11 @@ class ServedVersion:
     def url(self) -> str:
         """Where to POST ``{"instances": [...]}``."""
         return self.server.url + self.predict_route
+
+    @property
+    def grpc_target(self) -> str:
+        """``127.0.0.1:<host port>`` of its gRPC port; ``""`` when the spec has none."""
+        return self.server.grpc_target if self.server.grpc_binding else ""
 
 
 def start_serving(
@@ -103,6 +116,7 @@ def start_serving(
     server_spec = ServerSpec(
         spec["imageUri"],
         port=port,
+        grpc_port=grpc_port(spec),
         env=env,
         mounts=(Mount(version.model_dir, vertex.MODEL_MOUNT),),
         entrypoint=entrypoint,

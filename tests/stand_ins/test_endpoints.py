@@ -299,6 +299,47 @@ def test_cli_lists_predicts_with_parameters_and_undeploys_all(
 
 
 @pytest.mark.container
+def test_a_container_with_grpc_ports_answers_cli_predict_over_grpc_as_over_http(
+    engine: Engine,
+    image: str,
+    model_dir: Path,
+    registry: Path,
+    endpoints_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = container_spec(image)  # as the contract check emits it with gRPC on
+    spec["grpcPorts"] = [{"containerPort": 8081}]
+    spec["env"].append({"name": vertex.GRPC_PORT_VARIABLE, "value": "8081"})
+    version = stand_ins.upload_model(registry, "penguins-grpc", model_dir, spec)
+    done = stand_ins.deploy(version.resource_name, registry, endpoints_dir)
+    endpoint, deployed = done.endpoint, done.deployed_model
+    published = engine.command("port", deployed.container_id, "8081/tcp").stdout.strip()
+    assert deployed.grpc_target == published != endpoint.grpc_target
+    env = deployed.container().exec("env").stdout.splitlines()
+    assert f"{vertex.GRPC_PORT_VARIABLE}=8081" in env
+    where = ["--endpoints-dir", str(endpoints_dir)]
+    assert cli.main(["endpoints", "list", *where]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["grpc"] == endpoint.grpc_target
+    assert row["deployed_models"][0]["grpc"] == deployed.grpc_target
+
+    shutil.copy(version.model_dir / artifact.INSTANCES_FILE, tmp_path / "instances.jsonl")
+    predict = ["endpoints", "predict", endpoint.endpoint_id, *where]
+    predict += ["--instances", str(tmp_path / "instances.jsonl")]
+    assert cli.main(predict) == 0
+    over_http = json.loads(capsys.readouterr().out)
+    started = time.monotonic()
+    assert cli.main([*predict, "--grpc"]) == 0
+    TIMINGS["endpoints predict --grpc (sample instances, container)"] = time.monotonic() - started
+    over_grpc = json.loads(capsys.readouterr().out)
+    assert over_grpc == over_http
+    assert over_grpc["deployedModelId"] == deployed.id
+    _, expected = _samples(version.model_dir)
+    assert json_difference(expected, over_grpc["predictions"]) is None
+
+
+@pytest.mark.container
 def test_predict_on_a_stopped_container_says_so_and_undeploy_cleans_up(
     engine: Engine,
     deploy: Callable[..., stand_ins.Deployment],
@@ -475,9 +516,10 @@ def test_two_versions_share_an_endpoint_by_the_split_set_rolled_back_and_undeplo
     row = json.loads(capsys.readouterr().out)
     assert (row["endpoint"], row["router"]) == (endpoint.endpoint_id, "running")
     assert row["traffic_split"] == {old: 80, new: 20}
+    rows = [(version, old, 80), (second, new, 20)]  # no grpcPorts: no gRPC address
     assert row["deployed_models"] == [
-        {"id": old, "model": version.resource_name, "status": "running", "traffic": 80},
-        {"id": new, "model": second.resource_name, "status": "running", "traffic": 20},
+        {"id": i, "model": v.resource_name, "status": "running", "traffic": t, "grpc": None}
+        for v, i, t in rows
     ]
 
     # A deploy that fails on the endpoint leaves it as it was.
