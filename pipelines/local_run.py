@@ -13,14 +13,15 @@ around it:
   check that the summary labels (``"serving": "process"``);
 * the batch input: by default every row of the training table, features only, one JSON
   object per line (what a user would send to Vertex's batch prediction);
-* each step's start, end and wall time, read from kfp.local's own log lines as they stream
-  past (``StepClock``);
+* one line per step, with its time and key result, each step's whole log in
+  ``<run>/logs/<step>.log``, and a failed step's last log lines (``run_view.RunView``);
+  a failed run undeploys the model it deployed (``undo_deploy``);
 * a summary of the run (model version, image, contract report, endpoint URL, batch output and
   counts, wall time per step) printed and written as ``summary.json`` in the run's directory.
 
 Directory layout under ``output_dir`` (default ``outputs/``)::
 
-    train-to-serve-local-<time>/   one kfp.local run: a folder per task, and summary.json
+    train-to-serve-local-<time>/   one kfp.local run: a folder per task, logs/, summary.json
     registry/                      the local model registry (kept across runs)
     endpoints/                     the local endpoint records (kept across runs)
     batch-input/                   batch instances written from the data set
@@ -29,12 +30,12 @@ Directory layout under ``output_dir`` (default ``outputs/``)::
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 import os
-import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -49,7 +50,14 @@ from components.runners import (
     RunnerError,
     detect_engine,
 )
-from components.stand_ins import BatchInputError, resolve_inputs
+from components.stand_ins import (
+    BatchInputError,
+    EndpointError,
+    get_endpoint,
+    resolve_inputs,
+    undeploy,
+    undeploy_model,
+)
 from components.training import (
     TrainingInputError,
     check_gate_metric,
@@ -57,6 +65,7 @@ from components.training import (
     load_table,
 )
 from pipelines.parameters import DEFAULTS, check_rollout
+from pipelines.run_view import ANSI, PIPELINE_LOG, RunView, task_outputs
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 DEFAULT_GATES = {"classification": ("accuracy", 0.8), "regression": ("r2", 0.5)}
@@ -79,9 +88,9 @@ SUMMARY_FILE = "summary.json"
 SERVING_MODES = ("container", PROCESS)
 """How the run serves the model: the image in podman/docker, or process mode."""
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STARTED = re.compile(r"Executing task '([^']+)'")
-_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+KFP_PYTHON_IMAGE_WARNING = "You may be attemping to run a task that uses custom or non-Python"
+"""kfp.local's warning, once per task, that a task's image is no Python image: ours (the
+components image) is, under another name, and the task runs in this interpreter anyway."""
 
 
 class LocalRunError(RuntimeError):
@@ -105,6 +114,8 @@ class LocalRunOptions:
     """The Vertex machine type the capacity step measures for."""
     latency_slo_ms: float = 200.0
     expected_qps: float = 10.0
+    verbose: bool = False
+    """Print kfp.local's whole output (every task's log) as well as the step lines."""
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The shared pipeline parameters: the defaults, the task's gate, then those given."""
@@ -115,48 +126,6 @@ class LocalRunOptions:
         gate = {"gate_metric": metric, "gate_threshold": threshold}
         # Unset, the batch size is the capacity step's advice (0 asks for it).
         return {**DEFAULTS, **gate, "batch_size": 0, **self.parameters}
-
-
-class StepClock(io.TextIOBase):
-    """A text stream that passes everything on and times kfp.local's tasks from its log lines.
-
-    kfp.local logs ``Executing task 'name'`` when a task starts and ``Task 'name' finished
-    with status SUCCESS`` when it ends, to ``sys.stdout``; installed as ``sys.stdout`` for the
-    run, this records the start and end of each task and adds one line per finished task.
-    """
-
-    def __init__(self, out: TextIO) -> None:
-        super().__init__()
-        self.out = out
-        self.started: dict[str, float] = {}
-        self.seconds: dict[str, float] = {}
-        self.status: dict[str, str] = {}
-        self._pending = ""
-
-    def write(self, text: str) -> int:
-        self.out.write(text)
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            self._observe(_ANSI.sub("", line))
-        return len(text)
-
-    def flush(self) -> None:
-        self.out.flush()
-
-    def _observe(self, line: str) -> None:
-        if match := _STARTED.search(line):
-            self.started[match[1]] = time.monotonic()
-        elif match := _FINISHED.search(line):
-            name, status = match[1], match[2]
-            self.status[name] = status
-            if name in self.started:
-                self.seconds[name] = round(time.monotonic() - self.started[name], 2)
-            done = sum(1 for s in self.status.values() if s == "SUCCESS")
-            self.out.write(
-                f"==> step {name}: {status} after {self.seconds.get(name, 0):.1f} s "
-                f"({done} of {len(STEPS)} steps done)\n"
-            )
 
 
 def write_batch_instances(
@@ -211,17 +180,37 @@ def check_engine(serving: str = "container") -> str:
     return engine.reference
 
 
-def _outputs(task_dir: Path) -> dict[str, Any]:
-    """A finished task's outputs from its ``executor_output.json``: artifacts and values."""
-    path = task_dir / "executor_output.json"
-    if not path.exists():
-        return {}
-    written = json.loads(path.read_text())
-    outputs: dict[str, Any] = dict(written.get("parameterValues", {}))
-    for name, listed in written.get("artifacts", {}).items():
-        artifact = listed["artifacts"][0]
-        outputs[name] = {"uri": artifact.get("uri", ""), "metadata": artifact.get("metadata", {})}
-    return outputs
+def undo_deploy(run_dir: Path) -> str:
+    """Undeploy the model a failed run deployed, where it still is: a run that failed must
+    not leave its version taking traffic (the split goes back to the endpoint's other models;
+    an endpoint left with none is undeployed, router and all). One sentence saying what was
+    done, or what is left for the user."""
+    endpoint = task_outputs(run_dir / "local-model-deploy").get("endpoint", {}).get("metadata", {})
+    deployed_id = endpoint.get("deployedModelId")
+    if not deployed_id:
+        return "It deployed nothing."
+    endpoint_id = str(endpoint["resourceName"]).rsplit("/", 1)[-1]
+    endpoints_dir = endpoint["endpointsDir"]
+    try:
+        if deployed_id not in get_endpoint(endpoint_id, endpoints_dir).deployed_ids:
+            return f"Its deployed model {deployed_id} is no longer deployed."
+        undeploy_model(endpoint_id, deployed_id, endpoints_dir=endpoints_dir)
+        if not get_endpoint(endpoint_id, endpoints_dir).deployed_ids:
+            undeploy(endpoint_id, endpoints_dir=endpoints_dir)
+            return (
+                f"Its deployed model {deployed_id} and endpoint {endpoint_id}, which served "
+                "nothing else, were undeployed."
+            )
+    except EndpointError as exc:
+        return (
+            f"Its deployed model {deployed_id} stays on endpoint {endpoint_id} ({exc}); "
+            f"undeploy it with `compile.py endpoints undeploy {endpoint_id} --deployed-model "
+            f"{deployed_id} --endpoints-dir {endpoints_dir}`."
+        )
+    return (
+        f"Its deployed model {deployed_id} was undeployed from endpoint {endpoint_id}: its "
+        "other models serve as before the run."
+    )
 
 
 def _newest_run(root: Path, pipeline_name: str, after: float) -> Path:
@@ -235,9 +224,9 @@ def _uri_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str, Any]:
+def summarize(run_dir: Path, view: RunView, wall_seconds: float) -> dict[str, Any]:
     """The run's summary, from each task's outputs in ``run_dir`` and the step times."""
-    out = {step: _outputs(run_dir / step) for step in STEPS}
+    out = {step: task_outputs(run_dir / step) for step in STEPS}
     train, check = out["train"], out["contract-check"]
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
@@ -271,6 +260,7 @@ def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str,
             "note": document["measurement_note"],
             "cold_start_s": document["measured"]["cold_start_s"],
             "deploy": document["deploy"],
+            "no_deploy_advice": document["no_best_step_reason"],
             "batch_size": capacity.get("batch_size"),
         }
     record = out["promote"].get("record_json", {}).get("uri")
@@ -295,7 +285,7 @@ def summarize(run_dir: Path, clock: StepClock, wall_seconds: float) -> dict[str,
             "prediction_lines": int(counted["prediction_count"]),
             "error_lines": int(counted["error_count"]),
         }
-    summary["step_seconds"] = {s: clock.seconds[s] for s in STEPS if s in clock.seconds}
+    summary["step_seconds"] = {s: view.seconds[s] for s in STEPS if s in view.seconds}
     summary["wall_seconds"] = round(wall_seconds, 2)
     return summary
 
@@ -386,24 +376,38 @@ def _run_pipeline(
         raise_on_error=True,
     )
     pipeline = build_pipeline(backend="local")
-    clock = StepClock(out)
     began = time.time() - 1
-    saved, sys.stdout = sys.stdout, clock
+    view = RunView(
+        out,
+        STEPS,
+        functools.partial(_newest_run, root, LOCAL_PIPELINE_NAME, began),
+        verbose=options.verbose,
+    )
+    saved, sys.stdout = sys.stdout, view
     try:
-        pipeline(**arguments)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=KFP_PYTHON_IMAGE_WARNING)
+            pipeline(**arguments)
     except RuntimeError as exc:
-        failed = [name for name, status in clock.status.items() if status != "SUCCESS"]
+        sys.stdout = saved
+        logs = view.close_run()
+        failed = view.failed_steps()
         run_dir = _newest_run(root, LOCAL_PIPELINE_NAME, began)
         where = f"step {failed[0]!r}" if failed else "the pipeline"
         outputs = run_dir / failed[0] if failed else run_dir
+        log = logs / f"{failed[0] if failed else PIPELINE_LOG}.log"
+        if not options.verbose:
+            out.write(f"--- the last lines of {log} ---\n{view.tail(log.stem)}\n---\n")
         raise LocalRunError(
-            f"{where} failed ({_ANSI.sub('', str(exc)).rstrip('.')}). Its log is above; "
-            f"its outputs (a contract check's report among them) are in {outputs}"
+            f"{where} failed ({ANSI.sub('', str(exc)).rstrip('.')}). Its log: {log} (its last "
+            f"lines are above); its outputs (a contract check's report among them) are in "
+            f"{outputs}. {undo_deploy(run_dir)}"
         ) from exc
     finally:
         sys.stdout = saved
+    view.close_run()
     run_dir = _newest_run(root, LOCAL_PIPELINE_NAME, began)
-    summary = {"serving": serving, **summarize(run_dir, clock, time.monotonic() - started)}
+    summary = {"serving": serving, **summarize(run_dir, view, time.monotonic() - started)}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     summary["summary_file"] = str(run_dir / SUMMARY_FILE)
     return summary
@@ -423,12 +427,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"report {summary['contract_report']}"
     )
     if capacity := summary.get("capacity"):
-        deploy = capacity["deploy"] or {}
+        deploy = capacity["deploy"]
+        advice = (
+            f"advice {deploy['min_replica_count']}-{deploy['max_replica_count']} replicas, CPU "
+            f"target {deploy['autoscaling_target']}%"
+            if deploy
+            else f"no deploy advice ({capacity['no_deploy_advice']})"
+        )
         lines.append(
             f"capacity on {capacity['machine_type']}: cold start {capacity['cold_start_s']:.2f} s; "
-            f"advice {deploy.get('min_replica_count')}-{deploy.get('max_replica_count')} "
-            f"replicas, CPU target {deploy.get('autoscaling_target')}%, batch size "
-            f"{capacity['batch_size']}; report {capacity['report']}"
+            f"{advice}, batch size {capacity['batch_size']}; report {capacity['report']}"
         )
     if not summary.get("gate_passed"):
         lines.append("evaluation gate: FAILED; nothing was uploaded, deployed or batch-predicted")

@@ -79,7 +79,14 @@ def first_run(output_dir: Path) -> dict[str, Any]:
     assert result.returncode == 0, failure_details(result, output_dir)
     for step in STEPS:
         assert f"==> step {step}: SUCCESS" in result.stdout, f"no progress line for {step}"
-    return read_summary(result.stdout)
+    summary = read_summary(result.stdout)
+    # Readable: a line per step and the summary; each step's whole log in a file.
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) < 40, "\n".join(lines)
+    logs = Path(summary["run_dir"]) / "logs"
+    for step in STEPS:
+        assert f"Task '{step}' finished with status SUCCESS" in (logs / f"{step}.log").read_text()
+    return summary
 
 
 @pytest.mark.container
@@ -350,6 +357,34 @@ def test_a_tensorflow_model_goes_the_same_way_end_to_end(
     finally:
         for endpoint in stand_ins.list_endpoints(tmp_path / "endpoints"):
             stand_ins.undeploy(endpoint.endpoint_id, endpoints_dir=tmp_path / "endpoints")
+
+
+@pytest.mark.container
+def test_a_run_that_fails_after_deploying_undeploys_what_it_deployed(
+    tmp_path: Path, engine: Engine
+) -> None:
+    """The batch step cannot write its folder (a file is in the way): the run fails after
+    its deploy, and the new endpoint it created goes again, router and server."""
+    (tmp_path / "batch-predictions").write_text("a file where the batch step writes a folder")
+    result = run_local(tmp_path)
+    assert result.returncode == 2
+    assert "step 'local-batch-predict' failed" in result.stderr, result.stderr[-3000:]
+    run_dir = next(tmp_path.glob("train-to-serve-local-*"))
+    # The failed step's log tail on the terminal, its whole log in the run's logs/.
+    log = run_dir / "logs" / "local-batch-predict.log"
+    assert f"--- the last lines of {log} ---" in result.stdout
+    assert "NotADirectoryError" in result.stdout.split(str(log))[-1]
+    assert "NotADirectoryError" in log.read_text()
+    assert len(result.stdout.splitlines()) < 60
+    written = json.loads((run_dir / "local-model-deploy" / "executor_output.json").read_text())
+    metadata = written["artifacts"]["endpoint"]["artifacts"][0]["metadata"]
+    endpoint_id = metadata["resourceName"].rsplit("/", 1)[-1]
+    assert (
+        f"Its deployed model {metadata['deployedModelId']} and endpoint {endpoint_id}, which "
+        "served nothing else, were undeployed." in result.stderr
+    )
+    assert stand_ins.list_endpoints(tmp_path / "endpoints") == []
+    assert stand_ins.labelled_containers(engine, endpoint_id) == []
 
 
 def test_without_a_container_engine_it_stops_before_training_and_says_what_to_do(
