@@ -4,8 +4,10 @@ On Vertex, ``AIP_STORAGE_URI`` is a ``gs://`` copy of the model's ``artifactUri`
 serving identity can read. Every worker process needs the files, but they are downloaded
 once per container: the first worker takes a file lock and downloads into a staging
 directory that is renamed into place when complete; the others wait on the lock and find
-the directory there. A local path (a baked-in ``/model``, a mounted volume, a test
-directory) is used in place, without copying.
+the directory there. A download that fails (after its retries) leaves its reason in a
+``<dest>.failed`` file, and a worker that gets the lock after it fails at once with the same
+reason: the container tries once, not once per worker in turn. A local path (a baked-in
+``/model``, a mounted volume, a test directory) is used in place, without copying.
 """
 
 from __future__ import annotations
@@ -73,9 +75,12 @@ def download_gcs_dir(
     prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     retry = DEFAULT_RETRY.with_timeout(retry_s)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    failed = dest.parent / f"{dest.name}.failed"
     with _exclusive_lock(dest.parent / f"{dest.name}.lock"):
         if dest.is_dir():  # another worker finished the download (the rename is the last step)
             return dest
+        if failed.is_file():  # another worker tried and gave up: its reason stands
+            raise StorageError(failed.read_text())
         staging = Path(tempfile.mkdtemp(prefix=f"{dest.name}.partial-", dir=dest.parent))
         try:
             client = client or storage.Client()
@@ -97,11 +102,17 @@ def download_gcs_dir(
             shutil.rmtree(staging, ignore_errors=True)
             cause = exc.cause if isinstance(exc, RetryError) and exc.cause else exc
             retried = f" (retried for {retry_s:g} s)" if cause is not exc else ""
-            raise StorageError(
+            reason = (
                 f"cannot download the model from {uri}{retried}: {type(cause).__name__}: "
                 f"{cause}. Check that the bucket exists, that the serving service account can "
                 "read it and that the network reaches Cloud Storage"
-            ) from None
+            )
+            failed.write_text(reason)
+            raise StorageError(reason) from None
+        except StorageError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            failed.write_text(str(exc))
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -183,10 +183,23 @@ class FakeGcs:
         self.bucket = bucket
         self.objects = objects
         self.downloads: Counter[str] = Counter()
+        self.unavailable = False
+        """Answer every call 503, as a Cloud Storage outage does (the client retries it)."""
+        self.calls: list[float] = []
+        """``time.monotonic()`` of every call."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                fake.calls.append(time.monotonic())
+                if fake.unavailable:  # Cloud Storage's JSON error body
+                    error = {"error": {"code": 503, "message": "Service Unavailable"}}
+                    body = json.dumps(error).encode()
+                    self.send_response(503)
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
                 listing = f"/storage/v1/b/{fake.bucket}/o"
@@ -255,6 +268,35 @@ def test_a_gcs_model_directory_is_downloaded_once_and_served(
     assert fake_gcs.downloads == {prefix + p.name: 1 for p in penguins_model_dir.iterdir()}
     downloaded = [e for e in server.logs() if e["message"] == "downloaded the model directory"]
     assert len(downloaded) == 1 and downloaded[0]["files"] == 4
+
+
+def test_an_unreachable_model_is_tried_once_per_container_not_once_per_worker(
+    start_server: StartServer, fake_gcs: FakeGcs
+) -> None:
+    """Cloud Storage answers 503 throughout: the first worker retries for
+    SERVING_STORAGE_RETRY_S and gives up; the other workers take its reason at once instead
+    of retrying in turn (3 workers would take three windows)."""
+    fake_gcs.unavailable = True
+    retry_s = 3
+    server = start_server(
+        "gs://models-bucket/exports/run-1/model/",
+        {
+            "STORAGE_EMULATOR_HOST": fake_gcs.url,
+            "SERVING_WORKERS": "3",
+            "SERVING_STORAGE_RETRY_S": str(retry_s),
+            "SERVING_LOG_LEVEL": "debug",  # the other workers say so at DEBUG
+        },
+    )
+    deadline = time.monotonic() + 60
+    while len([e for e in server.logs() if e["message"].startswith("model failed to load")]) < 3:
+        assert time.monotonic() < deadline, server.stdout
+        time.sleep(0.1)
+    assert fake_gcs.calls, "the storage client never called"
+    assert max(fake_gcs.calls) - min(fake_gcs.calls) < retry_s + 1.5  # one window, not three
+    errors = [e for e in server.logs() if e["severity"] == "ERROR"]
+    assert len(errors) == 1 and "(retried for 3 s): ServiceUnavailable" in errors[0]["message"]
+    health = server.health()
+    assert health.status_code == 503 and "ServiceUnavailable" in health.json()["error"]
 
 
 def test_waiting_requests_share_one_model_call_and_a_failure_stays_with_its_request(
