@@ -93,8 +93,9 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
             "local batch prediction job with Vertex's output format. Needs podman or docker "
             "(scripts/setup-container-engine.sh sets podman up), or --serving process (a "
             "weaker check without an engine). Defaults train a classifier "
-            "on the bundled Palmer penguins data set and batch-predict all its rows. Ends with "
-            "a summary, also written as summary.json in the run's directory."
+            "on the bundled Palmer penguins data set and batch-predict all its rows. Prints a "
+            "line per step (each step's log goes to <run>/logs/), and ends with a summary, "
+            "also written as summary.json in the run's directory."
         ),
     )
     _add_pipeline_flags(parser)
@@ -132,6 +133,11 @@ def _add_run_local(subparsers: argparse._SubParsersAction) -> None:
             "the weaker fallback where no engine works (no image built; see the README)"
         ),
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print every step's whole log as it runs (always written to <run>/logs/)",
+    )
     parser.set_defaults(handler=_run_local)
 
 
@@ -151,6 +157,7 @@ def _run_local(args: argparse.Namespace) -> int:
             machine_type=args.deploy_machine_type,
             latency_slo_ms=args.latency_slo_ms,
             expected_qps=args.expected_qps,
+            verbose=args.verbose,
         )
     )
     print("\n" + format_summary(summary))
@@ -580,6 +587,14 @@ def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
         help="fail on hygiene rules too (a 5xx on bad input, oversize, SIGTERM), not only on "
         "contract rules",
     )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        help="containerSpec.grpcPorts[0]: publish it too and check gRPC there (grpc.health.v1, "
+        "ModelInfer on the sample, bad input, reflection); needs --model-dir, whose manifest "
+        "names the input tensors. This project's image listens there with "
+        "--env SERVING_GRPC_PORT=PORT",
+    )
     parser.set_defaults(handler=_check_contract)
 
 
@@ -590,6 +605,8 @@ def _check_contract(args: argparse.Namespace) -> int:
 
     if args.instances is None and args.model_dir is None:
         raise UsageError("give --instances FILE.jsonl, or --model-dir with instances_sample.jsonl")
+    if args.grpc_port and args.model_dir is None:
+        raise UsageError("--grpc-port needs --model-dir: its manifest names ModelInfer's inputs")
     env = dict(item.partition("=")[::2] for item in args.env)
     settings = CheckSettings(
         startup_deadline_s=args.startup_deadline,
@@ -616,6 +633,7 @@ def _check_contract(args: argparse.Namespace) -> int:
             model_dir=args.model_dir,
             env=env,
             settings=settings,
+            grpc_port=args.grpc_port,
         )
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -660,7 +678,8 @@ def _add_endpoints(subparsers: argparse._SubParsersAction) -> None:
     actions.add_parser(
         "list",
         parents=[common],
-        help="one JSON line per endpoint: router status, traffic split, deployed models",
+        help="one JSON line per endpoint: URL, gRPC address, router status, traffic split, "
+        "deployed models",
     )
     predict = actions.add_parser(
         "predict", parents=[common], help="send instances to an endpoint, print the response"
@@ -673,6 +692,12 @@ def _add_endpoints(subparsers: argparse._SubParsersAction) -> None:
         help='.jsonl: one instance per line; .json: a list, or {"instances": [...]}',
     )
     predict.add_argument("--parameters", type=_json_object, help="JSON object sent as parameters")
+    predict.add_argument(
+        "--grpc",
+        action="store_true",
+        help="send them to the endpoint's gRPC port as an Open Inference Protocol "
+        "ModelInferRequest (to a model whose containerSpec has grpcPorts); prints the same JSON",
+    )
     split = actions.add_parser(
         "traffic",
         parents=[common],
@@ -719,7 +744,8 @@ def _endpoints(args: argparse.Namespace) -> int:
             instances, parameters = le.read_instances(args.instances)
             if args.parameters is not None:
                 parameters = args.parameters
-            response = le.predict(args.endpoint, instances, parameters, endpoints_dir=directory)
+            predict = le.grpc_predict if args.grpc else le.predict
+            response = predict(args.endpoint, instances, parameters, endpoints_dir=directory)
             print(json.dumps(response, indent=2))
             return 0
         if args.action in ("traffic", "rollback"):
@@ -777,6 +803,7 @@ def _endpoints_list(endpoints_dir: Path) -> int:
             "endpoint": endpoint.endpoint_id,
             "display_name": endpoint.display_name,
             "url": endpoint.url,
+            "grpc": endpoint.grpc_target or None,
             "router": le.router_status(endpoint, endpoints_dir),
             "traffic_split": endpoint.traffic_split,
             "deployed_models": [
@@ -786,6 +813,7 @@ def _endpoints_list(endpoints_dir: Path) -> int:
                     "status": le.container_status(deployed)
                     + ("" if deployed.ready else ", not ready (deploy did not finish)"),
                     "traffic": endpoint.traffic_split.get(deployed.id, 0),
+                    "grpc": deployed.grpc_target or None,
                 }
                 for deployed in endpoint.deployed_models
             ],

@@ -27,6 +27,7 @@ def contract_check(
     large_model_bytes: int = 268435456,
     strict: bool = False,
     process_mode: bool = False,
+    grpc_port: int = 0,
 ):
     """Check a serving image against Vertex AI's container contract; emit it for upload.
 
@@ -34,16 +35,18 @@ def contract_check(
     mounted and named by ``AIP_STORAGE_URI``, ``port`` published) and checks liveness, health,
     predictions against the model's ``expected_predictions.jsonl`` (its sample sent in
     batches, each instance alone and in another order), malformed requests, a concurrent burst
-    and SIGTERM, with Vertex's numbers (see ``components/contract/``).
+    and SIGTERM, with Vertex's numbers (see ``components/contract/``). With ``grpc_port`` it
+    also publishes that port and checks it with gRPC clients: ``grpc.health.v1``, ModelInfer
+    on the same sample, bad input, reflection.
 
     Contract rules are what Vertex does not survive; hygiene rules (a 5xx on bad input, an
     oversize body mishandled, a slow SIGTERM) are what it tolerates, reported as warnings
     unless ``strict``. Only when the check passes does it write ``unmanaged_container_model``
     (uri: the model directory; metadata.containerSpec: imageUri, ports, routes, env, and a
-    startupProbe for a large or slow model) for GCPC's ``ModelUploadOp``: no container spec
-    reaches upload without passing this check. On a violation the report and metrics are
-    still written, and the task fails with a message naming the rule, the request, the answer
-    and what Vertex would have done.
+    startupProbe for a large or slow model; with gRPC, grpcPorts and grpc probes) for GCPC's
+    ``ModelUploadOp``: no container spec reaches upload without passing this check. On a
+    violation the report and metrics are still written, and the task fails with a message
+    naming the rule, the request, the answer and what Vertex would have done.
 
     Where it runs: under ``kfp.local`` (``SubprocessRunner(use_venv=False)``) it runs the
     image with the local podman or docker. A Vertex AI Pipelines task has no container engine:
@@ -66,6 +69,9 @@ def contract_check(
             pipeline checks its own serving image strictly).
         process_mode: check the server code as a local process instead of the image (never a
             silent fallback).
+        grpc_port: ``containerSpec.grpcPorts[0]``: also check gRPC there (0: no gRPC). The
+            server must listen there: for this project's image put ``SERVING_GRPC_PORT`` in
+            ``env``.
 
     Returns:
         report: the human-readable report (Markdown).
@@ -92,6 +98,7 @@ def contract_check(
         ),
         large_model_bytes=large_model_bytes,
         engine=engine,
+        grpc_port=grpc_port or None,
     )
     publish(
         checked,

@@ -34,6 +34,10 @@ LIVENESS_INTERVAL_S = 10.0
 """Wait after each failed liveness attempt."""
 HEALTH_TIMEOUT_S = 10.0
 """A health probe must answer 200 within this many seconds."""
+HEALTH_PERIOD_S = 10.0
+"""Vertex's default health check runs this often."""
+HEALTH_FAILURES = 4
+"""Consecutive failed health checks after which Vertex stops routing traffic to a replica."""
 PREDICT_TIMEOUT_S = 60.0
 """Server-side inference timeout of shared public and private (PSA) endpoints; dedicated
 endpoints allow up to 1 h (10 min by default)."""
@@ -159,19 +163,49 @@ def needs_startup_probe(
     return model_bytes >= large_model_bytes or (startup_s or 0.0) >= SLOW_STARTUP_S
 
 
+def grpc_health_check(grpc_port: int) -> dict[str, Any]:
+    """A probe's ``grpc`` action: ``grpc.health.v1`` Check on the server as a whole (``""``)
+    at ``grpc_port``."""
+    return {"grpc": {"port": grpc_port, "service": ""}}
+
+
 def startup_probe(
-    health_route: str, port: int, startup_deadline_s: float, period_s: float = 10.0
+    health_route: str,
+    port: int,
+    startup_deadline_s: float,
+    period_s: float = HEALTH_PERIOD_S,
+    *,
+    grpc_port: int | None = None,
 ) -> dict[str, Any]:
-    """A ``startupProbe`` giving the server ``startup_deadline_s`` to answer health with 200.
+    """A ``startupProbe`` giving the server ``startup_deadline_s`` to answer health: GET on
+    the health route with 200, or with ``grpc_port`` Check there with SERVING (Vertex sends
+    its checks to ``grpcPorts[0]`` when there is one).
 
     Until it succeeds Vertex runs neither the liveness nor the health checks, so a model that
     downloads and loads for minutes is not restarted half-way.
     """
+    check = (
+        grpc_health_check(grpc_port)
+        if grpc_port
+        else {"httpGet": {"path": health_route, "port": port}}
+    )
     return {
-        "httpGet": {"path": health_route, "port": port},
+        **check,
         "periodSeconds": int(period_s),
         "timeoutSeconds": int(HEALTH_TIMEOUT_S),
         "failureThreshold": max(1, math.ceil(startup_deadline_s / period_s)),
+    }
+
+
+def grpc_health_probe(grpc_port: int) -> dict[str, Any]:
+    """The ``healthProbe`` of a server with a gRPC port: Check there, on Vertex's schedule for
+    its default health check (every 10 s, 10 s to answer, out of service after 4 failures
+    in a row)."""
+    return {
+        **grpc_health_check(grpc_port),
+        "periodSeconds": int(HEALTH_PERIOD_S),
+        "timeoutSeconds": int(HEALTH_TIMEOUT_S),
+        "failureThreshold": HEALTH_FAILURES,
     }
 
 
@@ -183,12 +217,16 @@ def unmanaged_container_model_metadata(
     predict_route: str,
     env: Mapping[str, str] | None = None,
     probe: Mapping[str, Any] | None = None,
+    grpc_port: int | None = None,
 ) -> dict[str, Any]:
     """The ``google.UnmanagedContainerModel`` metadata GCPC's ``ModelUploadOp`` copies into
     ``models.upload`` (``containerSpec``: ``ModelContainerSpec`` in REST camelCase).
 
     Routes are always explicit (the API reference and the requirements page disagree on the
     default health route) and ports are objects (``[{"containerPort": 8080}]``, not ints).
+    ``probe`` is the ``startupProbe``; with ``grpc_port`` the spec declares ``grpcPorts``
+    (gRPC calls, and Vertex's health and liveness checks, go there) and a ``healthProbe``
+    that asks ``grpc.health.v1`` on it (``grpc_health_probe``).
     """
     spec: dict[str, Any] = {
         "imageUri": image_uri,
@@ -200,6 +238,9 @@ def unmanaged_container_model_metadata(
         spec["env"] = [{"name": name, "value": value} for name, value in env.items()]
     if probe:
         spec["startupProbe"] = dict(probe)
+    if grpc_port:
+        spec["grpcPorts"] = [{"containerPort": grpc_port}]
+        spec["healthProbe"] = grpc_health_probe(grpc_port)
     return {"containerSpec": spec, "predictSchemata": {}}
 
 

@@ -50,6 +50,39 @@ def test_the_container_spec_is_what_model_upload_reads():
     assert "env" not in small["containerSpec"] and "startupProbe" not in small["containerSpec"]
 
 
+def test_with_grpc_the_spec_declares_the_port_and_probes_it_with_grpc_health():
+    startup = vertex.startup_probe("/health", 8080, startup_deadline_s=600, grpc_port=8081)
+    metadata = vertex.unmanaged_container_model_metadata(
+        "europe-docker.pkg.dev/p/r/server:1",
+        port=8080,
+        health_route="/health",
+        predict_route="/predict",
+        env={vertex.GRPC_PORT_VARIABLE: "8081"},
+        probe=startup,
+        grpc_port=8081,
+    )
+    spec = metadata["containerSpec"]
+    assert spec["ports"] == [{"containerPort": 8080}]  # HTTP stays on its own port
+    assert spec["grpcPorts"] == [{"containerPort": 8081}]
+    assert spec["env"] == [{"name": "SERVING_GRPC_PORT", "value": "8081"}]
+    assert spec["startupProbe"] == {
+        "grpc": {"port": 8081, "service": ""},
+        "periodSeconds": 10,
+        "timeoutSeconds": 10,
+        "failureThreshold": 60,
+    }
+    assert spec["healthProbe"] == {
+        "grpc": {"port": 8081, "service": ""},
+        "periodSeconds": 10,
+        "timeoutSeconds": 10,
+        "failureThreshold": 4,
+    }
+    http_only = vertex.unmanaged_container_model_metadata(
+        "i", port=8080, health_route="/h", predict_route="/p", grpc_port=None
+    )["containerSpec"]
+    assert "grpcPorts" not in http_only and "healthProbe" not in http_only
+
+
 @pytest.mark.parametrize(
     ("model_bytes", "startup_s", "needed"),
     [

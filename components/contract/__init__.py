@@ -2,14 +2,17 @@
 
 ``rules`` holds the rules, their levels (contract, hygiene), what Vertex does when one is
 broken, and the report; ``sample`` the instances a check sends and how (one batch, each
-alone, another order); ``checker`` applies the rules to any running server over HTTP;
-``image`` runs an image (or, in process mode, the server code) the way Vertex runs it and
-checks it; ``in_build`` does it as steps of the Cloud Build that builds the image;
-``outputs`` writes a component's report, metrics and container spec; ``smoke`` sends the
-sample through a live endpoint to a newly deployed model (a rollout's smoke test).
+alone, another order); ``settings`` the check's numbers and its view of the server;
+``checker`` applies the rules to any running server over HTTP, and ``grpc_rules`` those of
+its gRPC port where one is declared (``containerSpec.grpcPorts``); ``image`` runs an image
+(or, in process mode, the server code) the way Vertex runs it and checks it; ``in_build``
+does it as steps of the Cloud Build that builds the image; ``outputs`` writes a component's
+report, metrics and container spec; ``smoke`` sends the sample through a live endpoint to a
+newly deployed model (a rollout's smoke test).
 """
 
-from components.contract.checker import CheckSettings, ServerObserver, check_server
+from components.contract.checker import check_server
+from components.contract.grpc_rules import GrpcTarget
 from components.contract.image import (
     NO_ENGINE_HINT,
     check_image,
@@ -22,6 +25,7 @@ from components.contract.image import (
 from components.contract.outputs import publish
 from components.contract.rules import (
     CONTRACT,
+    GRPC_RULES,
     HYGIENE,
     LEVELS,
     RULES,
@@ -32,10 +36,12 @@ from components.contract.rules import (
     explain_exit,
 )
 from components.contract.sample import Sample
+from components.contract.settings import CheckSettings, ServerObserver
 from components.contract.smoke import SmokeReport, smoke_test
 
 __all__ = [
     "CONTRACT",
+    "GRPC_RULES",
     "HYGIENE",
     "LEVELS",
     "NO_ENGINE_HINT",
@@ -44,6 +50,7 @@ __all__ = [
     "CheckSettings",
     "ContractReport",
     "ContractViolation",
+    "GrpcTarget",
     "RuleResult",
     "Sample",
     "ServerObserver",

@@ -1,8 +1,10 @@
-"""The contract check of any running server: the rules applied in order, over HTTP.
+"""The contract check of any running server: the rules applied in order, over HTTP (and gRPC).
 
 ``check_server(base_url, ...)`` needs no kfp and no container engine; it returns a
 ``ContractReport``. What runs the server (a container, a local process, or nothing we know
-of: a plain URL) may tell the checker about it through a ``ServerObserver``.
+of: a plain URL) may tell the checker about it through a ``ServerObserver``. Where the
+server declares a gRPC port (``grpc``), ``grpc_rules`` checks it too: its health right after
+liveness, while the model may still be loading, the rest after the HTTP rules.
 
 The numbers are Vertex's and each assumes an endpoint type, which the report states: the
 health and liveness probes are the same everywhere; the predict timeout (60 s) is that of
@@ -21,10 +23,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from components import vertex
+from components.contract.grpc_rules import GrpcRules, GrpcTarget
 from components.contract.rules import (
+    GRPC_RULES,
     RULES,
     VERTEX_WOULD,
     ContractReport,
@@ -36,64 +40,15 @@ from components.contract.rules import (
 from components.contract.sample import (
     BATCH,
     SHAPE_NAMES,
-    SHAPES,
     Comparison,
     Sample,
     describe,
     json_body,
     table,
 )
+from components.contract.settings import CheckSettings, ServerObserver, ServerWatch
 from components.runners.http import Exchange, send, split_url, tcp_accepts
 from serving_image.server.predictions import json_difference
-
-
-@dataclass
-class CheckSettings:
-    """The numbers the check uses; the defaults are Vertex AI's."""
-
-    liveness_attempts: int = vertex.LIVENESS_ATTEMPTS
-    liveness_interval_s: float = vertex.LIVENESS_INTERVAL_S
-    health_timeout_s: float = vertex.HEALTH_TIMEOUT_S
-    startup_deadline_s: float = 120.0
-    """How long health may take to answer 200 (model download and load included)."""
-    ready_grace_s: float = 10.0
-    """After a failed first predict, how long to keep retrying to tell a server that said
-    healthy too early from one whose predict route is broken."""
-    predict_timeout_s: float = vertex.PREDICT_TIMEOUT_S
-    max_request_bytes: int = vertex.MAX_FORWARDED_BODY_BYTES
-    """The oversize rule sends a body over this."""
-    max_batch_bytes: int = vertex.SHARED_ENDPOINT_MAX_BODY_BYTES
-    """Predict requests are split to stay within this."""
-    request_shapes: tuple[str, ...] = SHAPES
-    """How the sample is sent for ``predict-values``: ``batch``, ``single``, ``reversed``."""
-    strict: bool = False
-    """Hygiene rules fail the check too."""
-    burst_size: int = 8
-    rel_tol: float = 1e-6
-    abs_tol: float = 1e-9
-    grace_period_s: float = vertex.GRACE_PERIOD_S
-    poll_interval_s: float = 0.25
-
-    @property
-    def liveness_window_s(self) -> float:
-        """Seconds from start to Vertex's last liveness attempt (30 s with the defaults).
-
-        Polling more often than every ``liveness_interval_s`` up to that moment gives the same
-        verdict as Vertex's schedule, sooner.
-        """
-        return (self.liveness_attempts - 1) * self.liveness_interval_s
-
-
-class ServerObserver(Protocol):
-    """What ``check_server`` may ask about the process behind the URL (a container, say)."""
-
-    def exit_note(self) -> str | None:
-        """``None`` while the server process runs; once it exited, a sentence saying how
-        (status and last log lines)."""
-
-    def listening_note(self) -> str:
-        """Where the server actually listens, for diagnosing refused connections ("" if
-        unknown)."""
 
 
 def wrong_feature(instance: Any) -> Any:
@@ -118,11 +73,14 @@ class _Checker:
     predict_route: str
     sample: Sample
     settings: CheckSettings
-    observer: ServerObserver | None
+    watch: ServerWatch
     started: float
+    grpc_target: GrpcTarget | None = None
     down_after: str = ""
     """The request after which health failed, once it did."""
     report: ContractReport = field(init=False)
+    grpc: GrpcRules | None = field(init=False)
+    """The gRPC rules' run, where a gRPC port is declared."""
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -150,6 +108,14 @@ class _Checker:
             latencies_s={"health": [], "predict": [], "burst": []},
             strict=settings.strict,
         )
+        self.grpc = None
+        if self.grpc_target is not None:
+            self.report.settings["gRPC port (containerSpec.grpcPorts)"] = self.grpc_target.port
+            self.report.settings["gRPC reached at"] = self.grpc_target.address
+            latencies = self.report.latencies_s.setdefault("grpc_predict", [])
+            self.grpc = GrpcRules(
+                self.grpc_target, self.sample, settings, self.watch, self.started, latencies
+            )
 
     # helpers ---------------------------------------------------------------------------------
     def _health(self) -> Exchange:
@@ -173,22 +139,8 @@ class _Checker:
 
     @property
     def first_request(self) -> list[int]:
-        """The instances of the first predict request: the start of the batch."""
-        return self.sample.requests(BATCH, self.settings.max_batch_bytes)[0]
-
-    def _server_note(self) -> str:
-        """What the observer knows about the server's state, as extra sentences."""
-        if self.observer is None:
-            return ""
-        notes = [self.observer.exit_note() or "", self.observer.listening_note()]
-        return " ".join(note for note in notes if note)
-
-    def _exited(self) -> bool:
-        return self.observer is not None and self.observer.exit_note() is not None
-
-    def _with_note(self, detail: str) -> str:
-        note = self._server_note()
-        return f"{detail}. {note}" if note else detail
+        """The instances of the first predict request."""
+        return self.sample.first_request(self.settings.max_batch_bytes)
 
     def add(self, result: RuleResult) -> RuleResult:
         self.report.rules.append(result)
@@ -202,11 +154,11 @@ class _Checker:
             if tcp_accepts(self.base_url):
                 waited = time.monotonic() - self.started
                 return pass_result("liveness", f"the port accepted TCP after {waited:.2f} s")
-            if self._exited() or time.monotonic() >= deadline:
+            if self.watch.exited() or time.monotonic() >= deadline:
                 break
             time.sleep(self.settings.poll_interval_s)
         host, port = split_url(self.base_url)
-        if self._exited():
+        if self.watch.exited():
             detail = f"nothing accepted TCP on {host}:{port} before the server process ended"
         else:
             detail = (
@@ -214,7 +166,7 @@ class _Checker:
                 f"liveness window ({self.settings.liveness_attempts} attempts, "
                 f"{self.settings.liveness_interval_s:g} s apart)"
             )
-        return fail_result("liveness", self._with_note(detail))
+        return fail_result("liveness", self.watch.with_note(detail))
 
     def health(self) -> RuleResult:
         deadline = self.started + self.settings.startup_deadline_s
@@ -227,10 +179,10 @@ class _Checker:
                     f"answered 200 after {self.report.startup_s:.2f} s from start",
                     exchange,
                 )
-            if self._exited() or time.monotonic() >= deadline:
+            if self.watch.exited() or time.monotonic() >= deadline:
                 break
             time.sleep(self.settings.poll_interval_s)
-        if self._exited():
+        if self.watch.exited():
             detail = f"health route {self.health_route} never answered 200"
         elif exchange.status is None:
             detail = (
@@ -246,7 +198,7 @@ class _Checker:
                 detail += " (the server has no such health route)"
             else:
                 detail += " (the model loads slower than the deadline, or never)"
-        return fail_result("health", self._with_note(detail), exchange)
+        return fail_result("health", self.watch.with_note(detail), exchange)
 
     def predict(self) -> tuple[RuleResult, Exchange]:
         """The first predict, right after the first health 200 (Vertex's first real request)."""
@@ -256,7 +208,7 @@ class _Checker:
             return pass_result("predict-request", "answered 200", first), first
         if first.status is None:
             detail = f"predict route {self.predict_route} gave no HTTP answer"
-            return fail_result("predict-request", self._with_note(detail), first), first
+            return fail_result("predict-request", self.watch.with_note(detail), first), first
         detail = (
             f"predict route {self.predict_route} answered {first.status} to Vertex's request "
             'body {"instances": [...]}'
@@ -267,7 +219,7 @@ class _Checker:
                 "; it answered 200 to a bare JSON list of the instances instead: the server "
                 'wants a bare list, but Vertex always sends {"instances": [...]}'
             )
-        elif first.status >= 500 and not self._exited():
+        elif first.status >= 500 and not self.watch.exited():
             later = self._retry_until_ok(body)
             if later is not None:
                 waited, exchange = later
@@ -280,11 +232,11 @@ class _Checker:
                 return pass_result(
                     "predict-request", "answered 200 once loaded", exchange
                 ), exchange
-        return fail_result("predict-request", self._with_note(detail), first), first
+        return fail_result("predict-request", self.watch.with_note(detail), first), first
 
     def _retry_until_ok(self, body: bytes) -> tuple[float, Exchange] | None:
         started = time.monotonic()
-        while time.monotonic() - started < self.settings.ready_grace_s and not self._exited():
+        while time.monotonic() - started < self.settings.ready_grace_s and not self.watch.exited():
             time.sleep(self.settings.poll_interval_s)
             exchange = self._predict(body)
             if exchange.ok:
@@ -418,12 +370,12 @@ class _Checker:
         self._health_after(exchange.request_text())
         if rejected or taken:
             return pass_result(rule, detail, exchange)
-        return fail_result(rule, self._with_note(detail), exchange, consequence)
+        return fail_result(rule, self.watch.with_note(detail), exchange, consequence)
 
     def _health_after(self, request: str) -> None:
         """Probe health; remember the request after which it failed first."""
         after = self._health()
-        if not self.down_after and (not after.ok or self._exited()):
+        if not self.down_after and (not after.ok or self.watch.exited()):
             answer = after.status or after.error
             self.down_after = f"after {request}, health returned {answer}"
 
@@ -444,13 +396,13 @@ class _Checker:
             detail = f"{size} concurrent requests all answered 200 (slowest {slowest:.3f} s)"
             return pass_result("concurrency", detail)
         detail = f"{len(failures)} of {size} concurrent predict requests failed"
-        return fail_result("concurrency", self._with_note(detail), failures[0])
+        return fail_result("concurrency", self.watch.with_note(detail), failures[0])
 
     def stays_up(self) -> RuleResult:
-        if not self.down_after and not self._exited():
+        if not self.down_after and not self.watch.exited():
             return pass_result("stays-up", "health answered 200 after every request")
         where = self.down_after or "the server process ended"
-        return fail_result("stays-up", self._with_note(f"{where}: the server is no longer up"))
+        return fail_result("stays-up", self.watch.with_note(f"{where}: the server is no longer up"))
 
     def malformed_cases(self) -> list[tuple[str, bytes, str]]:
         """(rule, body, note) for each request to refuse; the oversize body is valid JSON."""
@@ -472,19 +424,27 @@ class _Checker:
 
     def run(self) -> ContractReport:
         """Apply the rules in order; once one makes the rest pointless, they are skipped."""
-        self._run_rules()
+        stopped = self._run_rules()
+        if self.grpc is not None:
+            self.report.rules += self.grpc.finish(stopped)
         order = list(RULES)
         self.report.rules.sort(key=lambda result: order.index(result.rule))
         return self.report
 
-    def _run_rules(self) -> None:
-        def skip(rules: Sequence[str], reason: str) -> None:
+    def _run_rules(self) -> str:
+        """The HTTP rules, and the gRPC ones that watch the model load; why the checks
+        stopped early ("" when they did not)."""
+
+        def skip(rules: Sequence[str], reason: str) -> str:
             self.report.rules += [skip_result(rule, reason) for rule in rules]
+            return reason
 
         own = ("liveness", "sigterm", "health-means-ready")  # sigterm: check_image's business
-        later = [rule for rule in RULES if rule not in own]
+        later = [rule for rule in RULES if rule not in own and rule not in GRPC_RULES]
         if not self.add(self.liveness()).passed:
             return skip(later, "the port never accepted a connection")
+        if self.grpc is not None:
+            self.report.rules += self.grpc.start()
         if not self.add(self.health()).passed:
             return skip(later[1:], "the server never became healthy")
         result, exchange = self.predict()
@@ -502,15 +462,16 @@ class _Checker:
         for index, (rule, body, note) in enumerate(cases):
             if self.down_after:
                 stopped = [case[0] for case in cases[index:]] + ["concurrency"]
-                skip(stopped, "the server is no longer healthy")
-                return self.add(self.stays_up()) and None
+                reason = skip(stopped, "the server is no longer healthy")
+                self.add(self.stays_up())
+                return reason
             self.add(self.bad_input(rule, body, note))
         if predict_works and not self.down_after:
             self.add(self.burst())
         else:
             skip(["concurrency"], "a single predict request already fails")
         self.add(self.stays_up())
-        return None
+        return ""
 
 
 def check_server(
@@ -524,6 +485,7 @@ def check_server(
     settings: CheckSettings | None = None,
     observer: ServerObserver | None = None,
     started: float | None = None,
+    grpc: GrpcTarget | None = None,
 ) -> ContractReport:
     """Check a running server at ``base_url`` (``http://host:port``) against the contract.
 
@@ -540,6 +502,8 @@ def check_server(
             refused connections; ``None`` for a plain URL.
         started: ``time.monotonic()`` when the server was started (default: now); the
             liveness window, startup deadline and startup time count from it.
+        grpc: the server's gRPC port (``containerSpec.grpcPorts``), to apply the ``grpc-``
+            rules there too; ``None``: no gRPC, and no such rules in the report.
 
     Returns:
         The report; it never raises for a violation (``ContractViolation`` does, from it).
@@ -550,7 +514,8 @@ def check_server(
         predict_route,
         Sample.of(instances, expected, kinds),
         settings or CheckSettings(),
-        observer,
+        ServerWatch(observer),
         time.monotonic() if started is None else started,
+        grpc,
     )
     return checker.run()

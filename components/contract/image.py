@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from components import vertex
-from components.contract.checker import CheckSettings, check_server
+from components.contract.checker import check_server
+from components.contract.grpc_rules import GrpcTarget, manifest_features
 from components.contract.rules import (
     LOG_TAIL_LINES,
     ContractReport,
@@ -33,6 +34,7 @@ from components.contract.rules import (
     sigterm_result,
     skip_result,
 )
+from components.contract.settings import CheckSettings
 from components.runners import (
     PROCESS_MODE_NOTE,
     Mount,
@@ -128,6 +130,9 @@ class RunningServerObserver:
             return ""
         return describe_listening(listening_sockets(table), self.port)
 
+    def logs(self) -> str:
+        return self.server.logs()
+
 
 def check_image(
     image: str,
@@ -142,6 +147,7 @@ def check_image(
     env: Mapping[str, str] | None = None,
     settings: CheckSettings | None = None,
     engine: ServerRunner | None = None,
+    grpc_port: int | None = None,
 ) -> ContractReport:
     """Start ``image`` the way Vertex AI does, check it with ``check_server``, stop it.
 
@@ -151,6 +157,11 @@ def check_image(
     mounted read-only at ``vertex.MODEL_MOUNT`` and named by ``AIP_STORAGE_URI`` (on Vertex:
     a ``gs://`` copy of the model's artifactUri). After the checks it sends SIGTERM and times
     the stop (the ``sigterm`` rule), and the report keeps the container's logs.
+
+    With ``grpc_port`` (``containerSpec.grpcPorts[0]``; ``None`` or 0: none) that port is
+    published too and the ``grpc-`` rules apply there, with tensors named and typed after
+    ``model_dir``'s manifest (required then). Whatever makes the server listen there (for
+    this project's image ``SERVING_GRPC_PORT`` in ``env``) is the caller's to give.
 
     With the ``ProcessRunner`` (process mode) the server code runs as a local process with
     the same environment, the model directory (required then) named by ``AIP_STORAGE_URI``;
@@ -166,6 +177,7 @@ def check_image(
     """
     settings = settings or CheckSettings()
     engine = engine or detect_runner()
+    features = manifest_features(model_dir, grpc_port) if grpc_port else ()
     mounts = ()
     storage_uri = ""
     if model_dir is not None:
@@ -174,6 +186,7 @@ def check_image(
     spec = ServerSpec(
         image,
         port=port,
+        grpc_port=grpc_port or None,
         env={
             **vertex.check_user_env(env or {}),
             **vertex.vertex_environment(port, health_route, predict_route, storage_uri),
@@ -193,6 +206,7 @@ def check_image(
             settings=settings,
             observer=observer,
             started=server.started_at,
+            grpc=GrpcTarget(server.grpc_target, grpc_port, features) if grpc_port else None,
         )
         report.rules.append(_sigterm(server, observer, settings.grace_period_s))
         report.stop_s = server.stopped.seconds if server.stopped else None
@@ -237,15 +251,16 @@ def check_model_image(
     settings: CheckSettings | None = None,
     large_model_bytes: int = vertex.LARGE_MODEL_BYTES,
     engine: ServerRunner | None = None,
+    grpc_port: int | None = None,
 ) -> tuple[ContractReport, dict[str, Any] | None]:
     """Check ``image_uri`` serving the model in ``model_dir`` (a train component output) with
     its own sample (``artifact.read_sample``: the instances, the edge ones also as lists,
-    their kinds and expected predictions).
+    their kinds and expected predictions), over gRPC too where ``grpc_port`` is given.
 
     Returns the report and, only when every rule passed, the ``UnmanagedContainerModel``
     metadata for upload (``None`` otherwise); with a ``startupProbe`` when the model directory
     holds at least ``large_model_bytes`` or the server took ``SLOW_STARTUP_S`` or more to
-    become healthy.
+    become healthy, and with gRPC the ``grpcPorts``, gRPC probes and the ``env`` checked.
     """
     check_upload_routes(health_route, predict_route)
     settings = settings or CheckSettings()
@@ -263,6 +278,7 @@ def check_model_image(
         env=env,
         settings=settings,
         engine=engine,
+        grpc_port=grpc_port,
     )
     if not report.passed:
         return report, None
@@ -276,6 +292,7 @@ def check_model_image(
         env=env,
         startup_deadline_s=settings.startup_deadline_s,
         large_model_bytes=large_model_bytes,
+        grpc_port=grpc_port,
     )
     return report, metadata
 
@@ -300,14 +317,16 @@ def upload_metadata(
     env: Mapping[str, str] | None,
     startup_deadline_s: float,
     large_model_bytes: int,
+    grpc_port: int | None = None,
 ) -> dict[str, Any]:
     """The ``UnmanagedContainerModel`` metadata of a passing check, with a ``startupProbe``
     when the model directory holds at least ``large_model_bytes`` or the server took
-    ``SLOW_STARTUP_S`` or more to become healthy; the report's settings say which."""
+    ``SLOW_STARTUP_S`` or more to become healthy; the report's settings say which. With
+    ``grpc_port`` the probes ask ``grpc.health.v1`` there, where Vertex sends its checks."""
     size = directory_bytes(model_dir)
     probe = None
     if vertex.needs_startup_probe(size, report.startup_s, large_model_bytes):
-        probe = vertex.startup_probe(health_route, port, startup_deadline_s)
+        probe = vertex.startup_probe(health_route, port, startup_deadline_s, grpc_port=grpc_port)
     report.settings["model size (bytes)"] = size
     report.settings["startupProbe"] = "added" if probe else "not needed"
     return vertex.unmanaged_container_model_metadata(
@@ -317,6 +336,7 @@ def upload_metadata(
         predict_route=predict_route,
         env=vertex.check_user_env(env or {}),
         probe=probe,
+        grpc_port=grpc_port,
     )
 
 

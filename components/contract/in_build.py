@@ -9,8 +9,10 @@ network and checked by name from the next step, before anything is pushed:
 1. ``start-serving-image`` (Docker builder): notes the time and runs the image detached as
    ``SERVER_NAME`` with Vertex's ``AIP_*`` environment; no init process, no arguments.
 2. ``contract-check`` (the checker image): ``check_server`` against
-   ``http://SERVER_NAME:PORT`` with the model's sample; the report goes to
-   ``contract/report.json``. It never fails the build itself.
+   ``http://SERVER_NAME:PORT`` with the model's sample (and, with a gRPC port, the gRPC rules
+   against ``SERVER_NAME:GRPC_PORT``: on the build's network every port of the container is
+   reachable by name, nothing is published); the report goes to ``contract/report.json``. It
+   never fails the build itself.
 3. ``stop-serving-image`` (Docker builder): SIGTERM, ``docker wait`` within the grace period
    (SIGKILL after it), the exit status and the container's logs to ``contract/``.
 4. ``contract-verdict`` (the checker image): adds the SIGTERM rule and the logs, writes
@@ -37,7 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components import vertex
-from components.contract.checker import CheckSettings, check_server
+from components.contract.checker import check_server
+from components.contract.grpc_rules import GrpcTarget, manifest_features
 from components.contract.rules import (
     LOG_TAIL_LINES,
     ContractReport,
@@ -46,6 +49,7 @@ from components.contract.rules import (
     sigterm_result,
     skip_result,
 )
+from components.contract.settings import CheckSettings
 from components.runners import tail_lines
 from serving_image.server import artifact
 
@@ -80,6 +84,7 @@ def check_steps(
     storage_uri: str = "",
     settings: CheckSettings | None = None,
     gpu: bool = False,
+    grpc_port: int | None = None,
 ) -> list[cloudbuild_v1.BuildStep]:
     """The four steps that start ``image_uri``, check it, stop it and give the verdict.
 
@@ -95,6 +100,8 @@ def check_steps(
             model; the build's service account must read it); empty for a baked model.
         settings: the check's numbers (startup deadline, grace period, strict).
         gpu: the image is the GPU variant: the report says the GPU was not exercised.
+        grpc_port: ``containerSpec.grpcPorts[0]``, to check gRPC there too (``env`` makes
+            the server listen there); ``None`` or 0: no gRPC.
     """
     from google.cloud.devtools import cloudbuild_v1
 
@@ -139,6 +146,8 @@ docker rm {SERVER_NAME} > /dev/null
         "--grace-period", grace,
         *(["--strict"] if settings.strict else []),
     ]  # fmt: skip
+    if grpc_port:
+        check += ["--grpc-address", f"{SERVER_NAME}:{grpc_port}", "--grpc-port", str(grpc_port)]
     verdict = ["-m", "components.contract.in_build", "verdict", "--grace-period", grace]
     verdict += ["--gpu"] if gpu else []
     ids = dict(zip(("start", "check", "stop", "verdict"), STEP_IDS, strict=True))
@@ -175,11 +184,16 @@ docker rm {SERVER_NAME} > /dev/null
 
 
 def check(args: argparse.Namespace) -> int:
-    """Step 2: the rules over HTTP against the container by name; ``report.json``."""
+    """Step 2: the rules over HTTP (and gRPC) against the container by name;
+    ``report.json``."""
     out = Path(OUT_DIR)
     started_wall = float((out / "started").read_text())
     started = time.monotonic() - (time.time() - started_wall)  # one host, one clock
     instances, expected, kinds = artifact.read_sample(args.sample)
+    grpc = None
+    if args.grpc_port:
+        features = manifest_features(args.sample, args.grpc_port)
+        grpc = GrpcTarget(args.grpc_address, args.grpc_port, features)
     settings = CheckSettings(
         startup_deadline_s=args.startup_deadline,
         grace_period_s=args.grace_period,
@@ -194,6 +208,7 @@ def check(args: argparse.Namespace) -> int:
         predict_route=args.predict_route,
         settings=settings,
         started=started,
+        grpc=grpc,
     )
     report.target = args.image
     report.settings = {
@@ -275,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--startup-deadline", type=float, required=True)
     run.add_argument("--grace-period", type=float, required=True)
     run.add_argument("--strict", action="store_true")
+    run.add_argument("--grpc-address", help="host:port of the gRPC port, with --grpc-port")
+    run.add_argument("--grpc-port", type=int, help="the container's gRPC port (grpcPorts[0])")
     run.set_defaults(handler=check)
     final = commands.add_parser("verdict", help="step 4: SIGTERM, logs, report, exit status")
     final.add_argument("--grace-period", type=float, required=True)

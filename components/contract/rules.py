@@ -6,8 +6,8 @@ Every verdict names the rule, the request sent, what came back and what Vertex w
 Two levels (``LEVELS``): a **contract** rule is one whose breach Vertex does not survive (the
 deploy fails, the replica is taken out of service, or callers get wrong answers); a
 **hygiene** rule is a weakness Vertex tolerates (a 5xx on a client's mistake, a body over the
-limit taken or mishandled, a slow stop). A check fails on contract rules; hygiene findings
-are warnings, unless the check is strict.
+limit taken or mishandled, a slow stop, a gRPC port without reflection). A check fails on
+contract rules; hygiene findings are warnings, unless the check is strict.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from components.runners import PROCESS_MODE_NOTE, Exchange, tail_lines
+from components.runners import PROCESS_MODE_NOTE, tail_lines
 
 LOG_TAIL_LINES = 40
 """Log lines of the server a report quotes."""
@@ -43,15 +43,29 @@ RULES: dict[str, str] = {
     "oversize": "a body over the largest Vertex forwards (10 MB) gets a 4xx, or is taken",
     "concurrency": "a burst of concurrent predict requests all succeed",
     "stays-up": "the server keeps running and healthy through every request",
+    "grpc-health": (
+        'grpc.health.v1 Check on "" answers SERVING on the gRPC port within the startup '
+        "deadline, and only once ModelInfer works"
+    ),
+    "grpc-predict": "ModelInfer answers the sample's instances with a ModelInferResponse",
+    "grpc-values": (
+        "ModelInfer's predictions equal expected_predictions.jsonl (float tolerance), sent as "
+        "predict-values sends them"
+    ),
+    "grpc-bad-input": "a wrong-typed input tensor and an unknown one get INVALID_ARGUMENT",
+    "grpc-reflection": "the gRPC port offers server reflection",
+    "grpc-stays-up": 'Check on "" still answers SERVING after every gRPC request',
     "sigterm": "SIGTERM stops the container within the grace period",
 }
-"""Every rule the check applies, by name, in the order it applies them."""
-LEVELS: dict[str, str] = {
-    rule: HYGIENE
-    if rule in ("bad-json", "no-instances", "wrong-feature", "oversize", "sigterm")
-    else CONTRACT
-    for rule in RULES
-}
+"""Every rule the check applies, by name, in the order the report lists them; the ``grpc-``
+rules only where a gRPC port is declared (``grpc_rules``)."""
+GRPC_RULES = tuple(rule for rule in RULES if rule.startswith("grpc-"))
+"""The rules of the gRPC port (``containerSpec.grpcPorts``)."""
+_TOLERATED = (
+    "bad-json", "no-instances", "wrong-feature", "oversize", "sigterm",
+    "grpc-bad-input", "grpc-reflection",
+)  # fmt: skip
+LEVELS: dict[str, str] = {rule: HYGIENE if rule in _TOLERATED else CONTRACT for rule in RULES}
 """Each rule's level: ``contract`` (Vertex fails with it) or ``hygiene`` (Vertex tolerates it)."""
 
 VERTEX_WOULD: dict[str, str] = {
@@ -104,13 +118,60 @@ VERTEX_WOULD: dict[str, str] = {
         "a container that exited (liveness); one such request takes the replica out of service "
         "each time it is sent"
     ),
+    "grpc-health": (
+        "send its startup, health and liveness checks to the first of containerSpec.grpcPorts "
+        '(the spec\'s grpc probes: grpc.health.v1 Check on ""), so a server that never answers '
+        "SERVING there never gets traffic and the deploy fails with 'Model server never became "
+        "ready'"
+    ),
+    "grpc-health-means-ready": (
+        "route traffic as soon as Check answers SERVING, so calls after every deploy, restart "
+        "or scale-up fail until the model has loaded; answer SERVING only once the model is "
+        "loaded"
+    ),
+    "grpc-predict": (
+        "pass the error on to every gRPC caller of the endpoint (dedicated endpoints forward "
+        "ModelInfer to the first of containerSpec.grpcPorts)"
+    ),
+    "grpc-values": (
+        "serve these values to gRPC callers without any error: the skew between training and "
+        "serving would go unnoticed"
+    ),
+    "grpc-bad-input": (
+        "pass the status on to the caller: UNKNOWN or INTERNAL reads as a broken server, which "
+        "gRPC clients and their retry policies treat as worth retrying, and the caller never "
+        "learns that the request was wrong"
+    ),
+    "grpc-accepted": (
+        "hand the caller whatever the server made of a malformed request, with no error to "
+        "say the request was wrong"
+    ),
+    "grpc-reflection": (
+        "serve gRPC without it (Vertex never asks for reflection), but grpcurl and other "
+        "tools cannot list or call the service without a copy of its .proto files"
+    ),
+    "grpc-stays-up": (
+        "stop routing traffic to the replica once its gRPC health check fails 4 times in a "
+        "row, and restart a container that exited (liveness)"
+    ),
     "sigterm": (
         "send SIGTERM on undeploy, update and scale-down and SIGKILL once the grace period "
         "is over: in-flight requests are cut off and the replica lingers for the whole period"
     ),
 }
 """What Vertex AI does when a rule is broken, completing "Vertex AI would ...". The bad-input
-rules use ``bad-input`` (a 5xx or reset) or ``accepted`` (a 2xx), oversize prefixed."""
+rules use ``bad-input`` (a 5xx or reset) or ``accepted`` (a 2xx), oversize prefixed; gRPC's
+``grpc-bad-input`` or ``grpc-accepted`` (OK), and ``grpc-health-means-ready`` for SERVING
+before the model is loaded."""
+
+
+class Evidence(Protocol):
+    """A request and its answer, as a verdict quotes them (an HTTP ``Exchange``, a gRPC
+    ``grpc_rules.Call``)."""
+
+    def request_text(self) -> str: ...
+
+    def response_text(self) -> str: ...
 
 
 class ContractViolation(Exception):
@@ -179,7 +240,7 @@ class RuleResult:
 
 
 def rule_result(
-    rule: str, passed: bool, detail: str, exchange: Exchange | None = None, consequence: str = ""
+    rule: str, passed: bool, detail: str, exchange: Evidence | None = None, consequence: str = ""
 ) -> RuleResult:
     """A rule's verdict with the exchange that shows it; a broken rule also says what Vertex
     would do (by default the rule's ``VERTEX_WOULD``)."""
@@ -193,13 +254,13 @@ def rule_result(
     )
 
 
-def pass_result(rule: str, detail: str, exchange: Exchange | None = None) -> RuleResult:
+def pass_result(rule: str, detail: str, exchange: Evidence | None = None) -> RuleResult:
     """A passed rule, with the exchange that shows it."""
     return rule_result(rule, True, detail, exchange)
 
 
 def fail_result(
-    rule: str, detail: str, exchange: Exchange | None = None, consequence: str = ""
+    rule: str, detail: str, exchange: Evidence | None = None, consequence: str = ""
 ) -> RuleResult:
     """A broken rule: the exchange that shows it and what Vertex would do."""
     return rule_result(rule, False, detail, exchange, consequence)

@@ -88,6 +88,10 @@ class Sample:
                 size += bytes_
         return requests
 
+    def first_request(self, max_bytes: int) -> list[int]:
+        """The instances of the first predict request: the start of the batch."""
+        return self.requests(BATCH, max_bytes)[0]
+
     def optional(self, positions: Sequence[int]) -> bool:
         """Whether these instances are lists of values in a sample that also has objects:
         a second form of the same rows, which a server may refuse (objects are enough)."""

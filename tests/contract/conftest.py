@@ -33,6 +33,9 @@ class FixtureServer:
     def listening_note(self) -> str:
         return ""
 
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
 
 @pytest.fixture
 def start_fixture(tmp_path: Path) -> Iterator[Callable[[str], FixtureServer]]:

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
-from google.cloud.aiplatform_v1.types import BatchPredictionJob, JobState
+from google.cloud.aiplatform_v1.types import BatchPredictionJob, JobState, ModelContainerSpec
+from google.protobuf import json_format
 from google_cloud_pipeline_components.container.v1.batch_prediction_job import (
     remote_runner as batch_runner,
 )
@@ -30,7 +31,11 @@ from google_cloud_pipeline_components.container.v1.model.upload_model import (
 )
 
 import compile as cli
-from components.vertex import unmanaged_container_model_metadata
+from components.vertex import (
+    GRPC_PORT_VARIABLE,
+    startup_probe,
+    unmanaged_container_model_metadata,
+)
 
 RUN_VALUES = {
     "project": "my-project",
@@ -515,34 +520,10 @@ def test_gcpc_upload_request(spec: dict, tmp_path: Path, executor: str) -> None:
             "metadata": metadata,
         }
     }
-    inputs = _task_inputs(spec, executor, RUN_VALUES)
-    parent = "projects/my-project/locations/europe-west4/models/42"
+    parent = UPLOADED_MODEL
     if executor == "exec-model-upload":  # the new-version branch (see dsl.If)
         artifacts["parent_model"] = {"uri": parent, "metadata": {"resourceName": parent + "@3"}}
-    payload = _payload(spec, executor, inputs, artifacts)
-    sent = {}
-
-    def create_lro(self, url, request, gcp_resources):
-        sent["url"], sent["request"] = url, json.loads(request)
-        return {"name": "operations/1"}
-
-    poll = {"response": {"model": parent, "modelVersionId": "4"}}
-    with (
-        mock.patch.object(lro_remote_runner.LroRemoteRunner, "create_lro", create_lro),
-        mock.patch.object(lro_remote_runner.LroRemoteRunner, "poll_lro", return_value=poll),
-    ):
-        _launch(
-            upload_runner.upload_model,
-            "UploadModel",
-            inputs,
-            payload,
-            tmp_path,
-            artifacts,
-            outputs=("model",),
-            parent_model_name=artifacts.get("parent_model", {})
-            .get("metadata", {})
-            .get("resourceName"),
-        )
+    sent = _upload(spec, executor, artifacts, tmp_path)
     assert sent["url"] == (
         "https://europe-west4-aiplatform.googleapis.com/v1/projects/my-project/locations/"
         "europe-west4/models:upload"
@@ -566,6 +547,75 @@ def test_gcpc_upload_request(spec: dict, tmp_path: Path, executor: str) -> None:
     assert output["artifacts"]["model"]["artifacts"][0]["metadata"]["resourceName"] == (
         parent + "@4"
     )
+
+
+UPLOADED_MODEL = "projects/my-project/locations/europe-west4/models/42"
+"""The model ``_upload``'s answer names (version 4)."""
+
+
+def _upload(spec: dict, executor: str, artifacts: dict, tmp_path: Path) -> dict[str, Any]:
+    """Run GCPC's upload launcher on ``executor``'s payload and ``artifacts``; the url and
+    request it sent to models.upload."""
+    inputs = _task_inputs(spec, executor, RUN_VALUES)
+    payload = _payload(spec, executor, inputs, artifacts)
+    sent: dict[str, Any] = {}
+
+    def create_lro(self, url, request, gcp_resources):
+        sent["url"], sent["request"] = url, json.loads(request)
+        return {"name": "operations/1"}
+
+    poll = {"response": {"model": UPLOADED_MODEL, "modelVersionId": "4"}}
+    with (
+        mock.patch.object(lro_remote_runner.LroRemoteRunner, "create_lro", create_lro),
+        mock.patch.object(lro_remote_runner.LroRemoteRunner, "poll_lro", return_value=poll),
+    ):
+        _launch(
+            upload_runner.upload_model,
+            "UploadModel",
+            inputs,
+            payload,
+            tmp_path,
+            artifacts,
+            outputs=("model",),
+            parent_model_name=artifacts.get("parent_model", {})
+            .get("metadata", {})
+            .get("resourceName"),
+        )
+    return sent
+
+
+def test_gcpc_upload_request_carries_the_grpc_port_and_probes(spec: dict, tmp_path: Path) -> None:
+    """A gRPC check's metadata through GCPC's own launcher: grpcPorts and the grpc probes
+    arrive in the upload request field by field, as the aiplatform types read them."""
+    metadata = unmanaged_container_model_metadata(
+        IMAGE,
+        port=8080,
+        health_route="/health",
+        predict_route="/predict",
+        env={GRPC_PORT_VARIABLE: "8081"},
+        probe=startup_probe("/health", 8080, startup_deadline_s=600, grpc_port=8081),
+        grpc_port=8081,
+    )
+    # kfp.local and Vertex hand numbers in artifact metadata over as floats.
+    metadata = json.loads(json.dumps(metadata), parse_int=float)
+    artifacts = {"unmanaged_container_model": {"uri": "gs://b/model", "metadata": metadata}}
+
+    container = _upload(spec, "exec-model-upload-2", artifacts, tmp_path)["request"]["model"][
+        "container_spec"
+    ]
+
+    assert container["grpc_ports"] == [{"container_port": 8081.0}]
+    assert container["health_probe"]["grpc"] == {"port": 8081.0}  # GCPC drops the empty service
+    parsed = ModelContainerSpec.pb(ModelContainerSpec())
+    json_format.ParseDict(container, parsed)  # raises for a field models.upload does not know
+    assert [port.container_port for port in parsed.grpc_ports] == [8081]
+    assert [port.container_port for port in parsed.ports] == [8080]
+    assert [(e.name, e.value) for e in parsed.env] == [("SERVING_GRPC_PORT", "8081")]
+    health, startup = parsed.health_probe, parsed.startup_probe
+    assert health.WhichOneof("probe_type") == startup.WhichOneof("probe_type") == "grpc"
+    assert (health.grpc.port, health.grpc.service) == (8081, "")  # "": the whole server
+    assert (health.period_seconds, health.timeout_seconds, health.failure_threshold) == (10, 10, 4)
+    assert (startup.grpc.port, startup.period_seconds, startup.failure_threshold) == (8081, 10, 60)
 
 
 def test_upload_display_name_is_checked_before_submit() -> None:
