@@ -1,8 +1,9 @@
-"""Benchmark the model server against Vertex AI's CPR model server on the same model.
+"""Benchmark the model server against its peers (Vertex CPR, KServe, MLServer) on the same model.
 
-Run from the repository root (about 3 minutes with the defaults, CPR already installed):
+Run from the repository root (about 5 minutes with the defaults, the peers already installed):
 
     .venv/bin/python bench/serving.py                     # everything, 10 s per cell
+    .venv/bin/python bench/serving.py --peers kserve      # ours and one peer
     # our server under the image's dependency set (serving_image/requirements.txt):
     python3 -m venv /tmp/venv-image
     /tmp/venv-image/bin/pip install -r serving_image/requirements.txt
@@ -18,22 +19,35 @@ What it does, all on loopback with bounded durations:
    first health 200 (``--startups`` times, fresh process each); it is load-tested as
    configured and once more with ``SERVING_MAX_BATCH_INSTANCES=1`` (no merging of
    concurrent requests), to show what each design choice contributes;
-4. installs Vertex CPR (``google-cloud-aiplatform[prediction]``) into ``--cpr-venv`` unless it
-   is there, and serves the same model with a small CPR ``Predictor`` (as CPR's guide has it): a
-   DataFrame from the instances, then ``predict`` + ``predict_proba`` for the same answer as
-   ours (label and probabilities), and once more answering labels only (one pipeline pass,
-   CPR's own ``SklearnPredictor`` behaviour) as the strongest CPR baseline;
+4. serves the same model directory with each peer (``PEERS``), each installed into its own
+   venv under ``--venvs`` unless it is there, with scikit-learn, pandas, numpy and joblib
+   pinned to ours where the peer allows: a peer is data (its packages, how it starts on the
+   model directory with ``--workers`` workers, its request body, how its answers read) plus
+   a small serving shim in ``bench/peers/`` where its own sklearn server cannot serve the
+   pipeline. Each peer's answers to the exported sample are compared with
+   ``expected_predictions.jsonl`` before it is load-tested, and a mismatch is reported:
+   * Vertex CPR (``google-cloud-aiplatform[prediction]``): a small ``Predictor``
+     (``cpr_predictor.py``), once answering like ours (label and probabilities) and once
+     labels only (one pipeline pass, CPR's own ``SklearnPredictor`` behaviour);
+   * KServe (``kserve``): a ``kserve.Model`` subclass (``kserve_model.py``, which says why
+     not KServe's ``sklearnserver``), v1 protocol, label and probabilities;
+   * MLServer (``mlserver``, ``mlserver-sklearn``): its own ``SKLearnModel`` on
+     ``model.joblib``, V2 protocol over REST, one input per feature decoded as one DataFrame
+     (pandas codec), outputs ``predict`` and ``predict_proba``;
 5. drives each server with ``hey`` (``apt-get install hey``) at 1 and 100 instances per
    request, ``--concurrency`` connections, after a warm-up, and reads the CPU time of the
    server's whole process tree from ``/proc`` before and after each run;
-6. prints one Markdown table.
+6. prints one Markdown table and the goal line: ours at least 2x the best peer's requests/s
+   at each request size, at no more than half its server CPU per request (met or not).
 
-If CPR cannot be installed or started, it says why and still prints our rows.
+A peer that cannot be installed or started is reported with the reason; the other rows are
+still printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import re
@@ -43,11 +57,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,49 +74,11 @@ from components.runners import free_local_port  # noqa: E402
 from serving_image.server import artifact  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-CPR_PACKAGES = ("google-cloud-aiplatform[prediction]", "scikit-learn", "pandas", "numpy", "joblib")
-
-CPR_PREDICTOR = '''
-"""A small CPR predictor for a train-to-serve model directory (benchmark only)."""
-import json
-import os
-
-import joblib
-import pandas as pd
-from google.cloud.aiplatform.prediction.predictor import Predictor
-from google.cloud.aiplatform.utils import prediction_utils
-
-LABELS_ONLY = os.environ.get("BENCH_CPR_OUTPUT") == "label"
-
-
-class TrainToServePredictor(Predictor):
-    def load(self, artifacts_uri):
-        prediction_utils.download_model_artifacts(artifacts_uri)
-        self._model = joblib.load("model.joblib")
-        manifest = json.load(open("model_manifest.json"))
-        self._features = [f["name"] for f in manifest["features"]]
-        self._categorical = [f["name"] for f in manifest["features"] if f["kind"] != "numeric"]
-        self._classes = [str(c) for c in self._model.classes_]
-
-    def preprocess(self, prediction_input):
-        frame = pd.DataFrame(prediction_input["instances"], columns=self._features)
-        return frame.astype({name: object for name in self._categorical})
-
-    def predict(self, instances):
-        labels = self._model.predict(instances).tolist()
-        if LABELS_ONLY:
-            return labels, None
-        return labels, self._model.predict_proba(instances).tolist()
-
-    def postprocess(self, prediction_results):
-        labels, probabilities = prediction_results
-        if probabilities is None:
-            return {"predictions": labels}
-        return {"predictions": [
-            {"label": label, "probabilities": dict(zip(self._classes, row))}
-            for label, row in zip(labels, probabilities)
-        ]}
-'''
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+STACK = ("scikit-learn", "pandas", "numpy", "joblib")
+"""Installed into each peer's venv at our versions, unless the peer's requirements exclude them."""
+MODEL_NAME = "penguins"
+"""The model's name where a peer's routes name it (KServe, MLServer)."""
 
 
 @dataclass
@@ -137,14 +113,16 @@ def descendants(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process tree (live processes only), in seconds."""
+    """CPU seconds of a process tree: each live member's utime + stime, plus cutime + cstime
+    (its children that exited and were reaped), so that a worker restarted by its server
+    during a run does not take its CPU time out of the total."""
     ticks = 0
     for member in descendants(pid):
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])
+        ticks += sum(int(value) for value in fields[11:15])
     return ticks / CLK_TCK
 
 
@@ -167,8 +145,16 @@ def post_json(url: str, body: bytes) -> Any:
 class Server:
     """A server process started in its own session, so that its whole tree can be stopped."""
 
-    def __init__(self, name: str, command: list[str], cwd: Path, env: dict[str, str], port: int):
-        self.name, self.port = name, port
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        port: int,
+        health_path: str = "/health",
+    ):
+        self.name, self.port, self.health_path = name, port, health_path
         self.log = open(cwd / f"{name.replace(' ', '_')}.log", "w")  # noqa: SIM115
         self.started = time.monotonic()
         self.process = subprocess.Popen(
@@ -184,12 +170,12 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def wait_healthy(self, timeout: float = 120.0) -> float:
-        """Seconds from process start to the first health 200."""
+        """Seconds from process start to the first 200 from its health (or readiness) route."""
         deadline = self.started + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
-            if http_status(self.url("/health")) == 200:
+            if http_status(self.url(self.health_path)) == 200:
                 return time.monotonic() - self.started
             time.sleep(0.01)
         raise RuntimeError(f"{self.name} not healthy after {timeout} s")
@@ -297,27 +283,243 @@ def in_process_limit(model_dir: Path, bodies: dict[int, bytes], seconds: float) 
     return cells
 
 
-def ensure_cpr_venv(venv: Path) -> str | None:
-    """Create the CPR virtualenv if needed; return None if usable, else the reason."""
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import google.cloud.aiplatform.prediction.model_server, sklearn"]
+@dataclass(frozen=True)
+class Sample:
+    """The model directory and what the request bodies and answer checks need from it."""
+
+    model_dir: Path
+    instances: list[dict[str, Any]]
+    expected: list[Any]
+    features: list[dict[str, Any]]
+    classes: list[str]
+    kinds: list[str]
+    """Each instance's kind (``evaluation``, ``missing:island``, ...), to name a mismatch."""
+
+
+def read_sample(model_dir: Path) -> Sample:
+    manifest = artifact.read_manifest(model_dir)
+    return Sample(
+        model_dir,
+        artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE),
+        artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE),
+        manifest["features"],
+        [str(c) for c in manifest["target_classes"]],
+        manifest.get("sample_kinds") or [],
+    )
+
+
+def repeat(instances: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` instances: the sample repeated and cut."""
+    return (instances * (count // len(instances) + 1))[:count]
+
+
+Body = Callable[[list[dict[str, Any]], list[dict[str, Any]]], bytes]
+"""A request body from instances and the manifest's features."""
+
+
+def v1_body(instances: list[dict[str, Any]], features: list[dict[str, Any]]) -> bytes:
+    """Vertex's and KServe's v1 protocol (ours too): ``{"instances": [...]}``."""
+    return orjson.dumps({"instances": instances})
+
+
+def v2_pandas_body(instances: list[dict[str, Any]], features: list[dict[str, Any]]) -> bytes:
+    """The V2 protocol: one input per feature (FP64 or BYTES, nulls kept), decoded as one
+    DataFrame (``content_type: pd``), asking for labels and probabilities."""
+    inputs = [
+        {
+            "name": feature["name"],
+            "shape": [len(instances)],
+            "datatype": "FP64" if feature["kind"] == "numeric" else "BYTES",
+            "data": [instance[feature["name"]] for instance in instances],
+        }
+        for feature in features
+    ]
+    outputs = [{"name": "predict"}, {"name": "predict_proba"}]
+    return orjson.dumps(
+        {"parameters": {"content_type": "pd"}, "inputs": inputs, "outputs": outputs}
+    )
+
+
+def v1_answers(response: Any, classes: list[str]) -> list[Any]:
+    return response["predictions"]
+
+
+def v2_answers(response: Any, classes: list[str]) -> list[Any]:
+    """The ``predict`` and ``predict_proba`` output tensors as our predictions."""
+    data = {output["name"]: output["data"] for output in response["outputs"]}
+    flat, width = data["predict_proba"], len(classes)
+    rows = [flat[start : start + width] for start in range(0, len(flat), width)]
+    return [
+        {"label": label, "probabilities": dict(zip(classes, row, strict=True))}
+        for label, row in zip(data["predict"], rows, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one peer server runs: its venv's interpreter, the model, a fresh working
+    directory (for its logs and any settings files), its port and worker count."""
+
+    python: Path
+    model_dir: Path
+    cwd: Path
+    port: int
+    workers: int
+
+
+Launch = Callable[[Site], tuple[list[str], dict[str, str]]]
+"""A peer's start: the command and the environment it adds, given its site."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer model server: how to install it, serve the model directory, ask it, read it."""
+
+    name: str
+    venv: str
+    """The venv's directory name under ``--venvs``."""
+    packages: tuple[str, ...]
+    """What to install besides ``STACK``; the first names the server (and its version)."""
+    probe: str
+    """A module whose import proves the install."""
+    serves: str
+    """How it serves the model, one line for the notes."""
+    launch: Launch
+    health_path: str
+    predict_path: str
+    body: Body
+    answers: Callable[[Any, list[str]], list[Any]]
+    """Its response to the sample as a list of predictions in our shape."""
+    stack: Mapping[str, str] = field(default_factory=dict)
+    """Requirements replacing ``STACK``'s pins where the peer's own exclude ours."""
+    output: str = "both"
+    """``both`` (label and probabilities, as ours) or ``label`` (``BENCH_PEER_OUTPUT``)."""
+
+
+def launch_cpr(site: Site) -> tuple[list[str], dict[str, str]]:
+    """CPR's model server with ``cpr_predictor.TrainToServePredictor``, as Vertex starts it."""
+    command = [str(site.python), "-m", "google.cloud.aiplatform.prediction.model_server"]
+    return command, {
+        "HANDLER_MODULE": "google.cloud.aiplatform.prediction.handler",
+        "HANDLER_CLASS": "PredictionHandler",
+        "PREDICTOR_MODULE": "cpr_predictor",
+        "PREDICTOR_CLASS": "TrainToServePredictor",
+        "AIP_STORAGE_URI": str(site.model_dir),
+        "AIP_HTTP_PORT": str(site.port),
+        "AIP_HEALTH_ROUTE": "/health",
+        "AIP_PREDICT_ROUTE": "/predict",
+        "VERTEX_CPR_WEB_CONCURRENCY": str(site.workers),
+    }
+
+
+def launch_kserve(site: Site) -> tuple[list[str], dict[str, str]]:
+    """``kserve_model.py`` with KServe's own options: ``--workers`` uvicorn processes, no gRPC."""
+    options = {
+        "--model_dir": str(site.model_dir),
+        "--model_name": MODEL_NAME,
+        "--http_port": str(site.port),
+        "--workers": str(site.workers),
+        "--enable_grpc": "false",
+    }
+    return [str(site.python), str(PEERS_DIR / "kserve_model.py"), *_flatten(options)], {}
+
+
+def launch_mlserver(site: Site) -> tuple[list[str], dict[str, str]]:
+    """``mlserver start`` on settings written to the site: its ``SKLearnModel`` on
+    ``model.joblib`` in ``parallel_workers`` inference processes behind one HTTP process
+    (MLServer's only multi-process mode); its gRPC port cannot be turned off, metrics can."""
+    settings = {
+        "http_port": site.port,
+        "grpc_port": free_local_port(),
+        "metrics_endpoint": None,
+        "parallel_workers": site.workers,
+        "debug": False,
+    }
+    model_settings = {
+        "name": MODEL_NAME,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(site.model_dir / artifact.MODEL_FILE)},
+    }
+    (site.cwd / "settings.json").write_bytes(orjson.dumps(settings))
+    (site.cwd / "model-settings.json").write_bytes(orjson.dumps(model_settings))
+    return [str(site.python.parent / "mlserver"), "start", str(site.cwd)], {}
+
+
+def _flatten(options: dict[str, str]) -> list[str]:
+    return [item for pair in options.items() for item in pair]
+
+
+CPR = Peer(
+    name="Vertex CPR",
+    venv="venv-cpr",
+    packages=("google-cloud-aiplatform[prediction]",),
+    probe="google.cloud.aiplatform.prediction.model_server",
+    serves="a CPR Predictor (bench/peers/cpr_predictor.py), DataFrame from the v1 instances",
+    launch=launch_cpr,
+    health_path="/health",
+    predict_path="/predict",
+    body=v1_body,
+    answers=v1_answers,
+)
+PEERS: dict[str, tuple[Peer, ...]] = {
+    "cpr": (CPR, replace(CPR, name="Vertex CPR, labels only", output="label")),
+    "kserve": (
+        Peer(
+            name="KServe",
+            venv="venv-kserve",
+            packages=("kserve",),
+            probe="kserve",
+            serves=(
+                "a kserve.Model subclass (bench/peers/kserve_model.py: why not sklearnserver), "
+                "DataFrame from the v1 instances"
+            ),
+            launch=launch_kserve,
+            health_path=f"/v1/models/{MODEL_NAME}",
+            predict_path=f"/v1/models/{MODEL_NAME}:predict",
+            body=v1_body,
+            answers=v1_answers,
+            stack={"pandas": "pandas<3"},  # kserve requires pandas<3
+        ),
+    ),
+    "mlserver": (
+        Peer(
+            name="MLServer",
+            venv="venv-mlserver",
+            # uvloop 0.22 breaks MLServer 1.7's parallel workers (SeldonIO/MLServer#2286).
+            packages=("mlserver", "mlserver-sklearn", "uvloop<0.22"),
+            probe="mlserver_sklearn",
+            serves=(
+                "its own mlserver_sklearn.SKLearnModel, V2 REST, pandas codec, outputs "
+                "predict + predict_proba"
+            ),
+            launch=launch_mlserver,
+            health_path=f"/v2/models/{MODEL_NAME}/ready",
+            predict_path=f"/v2/models/{MODEL_NAME}/infer",
+            body=v2_pandas_body,
+            answers=v2_answers,
+        ),
+    ),
+}
+PEER_NAMES = [peer.name for group in PEERS.values() for peer in group]
+
+
+def stack_requirements(overrides: Mapping[str, str]) -> list[str]:
+    """``STACK`` pinned to the versions installed here, except where a peer overrides."""
+    return [overrides.get(name, f"{name}=={importlib.metadata.version(name)}") for name in STACK]
+
+
+def ensure_venv(peer: Peer, venvs: Path) -> str | None:
+    """Create the peer's virtualenv if needed; return None if usable, else the reason."""
+    python = venvs / peer.venv / "bin" / "python"
+    probe = [str(python), "-c", f"import {peer.probe}, sklearn"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return None
-    import joblib
-    import numpy
-    import pandas
-    import sklearn
-
-    pins = {
-        "scikit-learn": sklearn.__version__,
-        "pandas": pandas.__version__,
-        "numpy": numpy.__version__,
-        "joblib": joblib.__version__,
-    }
-    packages = [f"{p}=={pins[p]}" if p in pins else p for p in CPR_PACKAGES]
-    print(f"installing CPR into {venv}: {' '.join(packages)}", file=sys.stderr)
+    packages = [*peer.packages, *stack_requirements(peer.stack)]
+    print(
+        f"installing {peer.name} into {python.parent.parent}: {' '.join(packages)}", file=sys.stderr
+    )
     steps = [
-        [sys.executable, "-m", "venv", str(venv)],
+        [sys.executable, "-m", "venv", str(python.parent.parent)],
         [str(python), "-m", "pip", "install", "-q", *packages],
     ]
     for step in steps:
@@ -325,8 +527,82 @@ def ensure_cpr_venv(venv: Path) -> str | None:
         if done.returncode != 0:
             return f"{' '.join(step[:4])} failed: {(done.stderr or done.stdout)[-500:]}"
     if subprocess.run(probe, capture_output=True).returncode != 0:
-        return "CPR installed but google.cloud.aiplatform.prediction does not import"
+        return f"installed, but {peer.probe} does not import"
     return None
+
+
+def versions(python: Path, names: list[str]) -> str:
+    """``name version`` of each distribution installed in a venv."""
+    script = (
+        "import importlib.metadata as m, sys\n"
+        "print(', '.join(f'{n} {m.version(n)}' for n in sys.argv[1:]))"
+    )
+    done = subprocess.run([str(python), "-c", script, *names], capture_output=True, text=True)
+    return done.stdout.strip() or "versions unknown"
+
+
+def write_bodies(folder: Path, encode: Body, sample: Sample, batches: list[int]) -> dict[int, Path]:
+    """One request body file per batch size, ``encode``d from the repeated sample."""
+    bodies = {}
+    for batch in batches:
+        bodies[batch] = folder / f"request_{batch}.json"
+        bodies[batch].write_bytes(encode(repeat(sample.instances, batch), sample.features))
+    return bodies
+
+
+def run_peer(
+    peer: Peer, args: argparse.Namespace, work: Path, sample: Sample, env: dict[str, str]
+) -> tuple[list[Cell], str]:
+    """Start the peer on the model, check its answers to the sample, load-test it; the cells
+    and a note (or only a note saying why not)."""
+    python = args.venvs / peer.venv / "bin" / "python"
+    cwd = work / f"{peer.venv}-{peer.output}"
+    cwd.mkdir()
+    site = Site(python, sample.model_dir, cwd, free_local_port(), args.workers)
+    command, launch_env = peer.launch(site)
+    peer_env = {**env, "PYTHONPATH": str(PEERS_DIR), "BENCH_PEER_OUTPUT": peer.output, **launch_env}
+    server = Server(peer.name, command, cwd, peer_env, site.port, peer.health_path)
+    try:
+        started = server.wait_healthy()
+        time.sleep(2)  # where every worker loads on its own, let the last one finish
+        response = post_json(
+            server.url(peer.predict_path), peer.body(sample.instances, sample.features)
+        )
+        same = answers_match(peer.answers(response, sample.classes), sample, peer.output)
+        note = (
+            f"{peer.name} ({versions(python, [_distribution(peer), 'scikit-learn', 'pandas'])}): "
+            f"{peer.serves}; start to first health 200 {started:.2f} s; answers {same}"
+        )
+        print(f"{peer.name} ...", file=sys.stderr)
+        bodies = write_bodies(cwd, peer.body, sample, args.batch_sizes)
+        return load_test(server, peer.name, bodies, args, peer.predict_path), note
+    except (RuntimeError, OSError, KeyError, TypeError, ValueError) as exc:
+        return [], f"{peer.name} failed: {exc!r}; its log ends: {log_tail(server)}"
+    finally:
+        server.stop()
+
+
+def _distribution(peer: Peer) -> str:
+    return peer.packages[0].split("[")[0]
+
+
+def answers_match(got: list[Any], sample: Sample, output: str) -> str:
+    """``equal ours``, or which sample instances differ (by kind) from the expected ones."""
+    want = sample.expected if output == "both" else [e["label"] for e in sample.expected]
+    if len(got) != len(want):
+        return f"DIFFER: {len(got)} predictions for {len(want)} instances"
+    differ = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if not _close(g, w)]
+    if not differ:
+        return "equal ours"
+    named = ", ".join(sample.kinds[i] if i < len(sample.kinds) else f"#{i}" for i in differ)
+    return f"DIFFER from ours on {len(differ)} of {len(want)} ({named})"
+
+
+def log_tail(server: Server, lines: int = 3) -> str:
+    """The last non-empty lines of a server's log, joined."""
+    server.log.flush()
+    text = Path(server.log.name).read_text(errors="replace")
+    return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:])
 
 
 def main() -> None:
@@ -352,9 +628,19 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="extra environment for our server (repeatable), e.g. SERVING_MAX_BATCH_INSTANCES=1",
     )
-    parser.add_argument("--cpr-venv", type=Path, default=Path("/tmp/venv-cpr"))
-    parser.add_argument("--no-cpr", action="store_true", help="skip the CPR server")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"peers to measure, comma-separated, of {', '.join(PEERS)} ('' for none)",
+    )
+    parser.add_argument(
+        "--venvs", type=Path, default=Path("/tmp"), help="where each peer's venv is (venv-<peer>)"
+    )
     args = parser.parse_args()
+    args.batch_sizes = [int(b) for b in args.batches.split(",")]
+    unknown = set(filter(None, args.peers.split(","))) - set(PEERS)
+    if unknown:
+        parser.error(f"unknown peers {sorted(unknown)}; known: {', '.join(PEERS)}")
     if shutil.which("hey") is None:
         sys.exit("hey not found: apt-get install -y hey")
 
@@ -372,26 +658,19 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
         model_dir = work / "model"
         train_and_export("penguins", model_dir)
-    instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
-    batches = [int(b) for b in args.batches.split(",")]
-    raw = {
-        b: orjson.dumps({"instances": (instances * (b // len(instances) + 1))[:b]}) for b in batches
-    }
-    bodies = {}
-    for batch, body in raw.items():
-        bodies[batch] = work / f"request_{batch}.json"
-        bodies[batch].write_bytes(body)
+    sample = read_sample(model_dir)
+    bodies = write_bodies(work, v1_body, sample, args.batch_sizes)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIP_", "SERVING_"))}
     cells: list[Cell] = []
     notes: list[str] = []
 
     print("in-process limit ...", file=sys.stderr)
+    raw = {batch: path.read_bytes() for batch, path in bodies.items()}
     cells += in_process_limit(model_dir, raw, min(args.duration, 5.0))
 
     app = work / "app"
     shutil.copytree(args.package, app / "server", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([args.python, "-m", "compileall", "-q", str(app / "server")], check=True)
-    expected = artifact.read_jsonl(model_dir / artifact.EXPECTED_FILE)
 
     def ours(name: str = "ours", extra_env: dict[str, str] | None = None) -> Server:
         port = free_local_port()
@@ -428,84 +707,36 @@ def run(args: argparse.Namespace, work: Path) -> None:
         try:
             server.wait_healthy()
             time.sleep(1)  # every worker loads on its own; let the last one finish
-            answer = post_json(server.url("/predict"), orjson.dumps({"instances": instances}))
-            assert answer == {"predictions": expected}, f"{name}: answers differ"
+            answer = post_json(server.url("/predict"), v1_body(sample.instances, sample.features))
+            assert answer == {"predictions": sample.expected}, f"{name}: answers differ"
             print(f"{name} ...", file=sys.stderr)
             cells += load_test(server, name, bodies, args, "/predict")
         finally:
             server.stop()
 
-    reason = "skipped (--no-cpr)" if args.no_cpr else ensure_cpr_venv(args.cpr_venv)
-    if reason is None:
-        cells += run_cpr(args, work, model_dir, env, bodies, expected, instances, notes)
-    else:
-        notes.append(f"Vertex CPR not measured: {reason}")
+    for key in filter(None, args.peers.split(",")):
+        reason = ensure_venv(PEERS[key][0], args.venvs)
+        for peer in PEERS[key]:
+            if reason is not None:
+                notes.append(f"{peer.name} not measured: {reason}")
+                continue
+            peer_cells, note = run_peer(peer, args, work, sample, env)
+            cells += peer_cells
+            notes.append(note)
     print_table(cells, notes, args)
-
-
-def run_cpr(
-    args: argparse.Namespace,
-    work: Path,
-    model_dir: Path,
-    env: dict[str, str],
-    bodies: dict[int, Path],
-    expected: list[Any],
-    instances: list[Any],
-    notes: list[str],
-) -> list[Cell]:
-    """Serve the model with CPR twice (label + probabilities, then labels only)."""
-    cells: list[Cell] = []
-    (work / "cpr_predictor.py").write_text(textwrap.dedent(CPR_PREDICTOR))
-    for output, name in (("both", "Vertex CPR"), ("label", "Vertex CPR, labels only")):
-        cwd = work / f"cpr-{output}"  # CPR downloads the artifacts into its working directory
-        cwd.mkdir()
-        port = free_local_port()
-        cpr_env = {
-            **env,
-            "PYTHONPATH": str(work),
-            "BENCH_CPR_OUTPUT": output,
-            "HANDLER_MODULE": "google.cloud.aiplatform.prediction.handler",
-            "HANDLER_CLASS": "PredictionHandler",
-            "PREDICTOR_MODULE": "cpr_predictor",
-            "PREDICTOR_CLASS": "TrainToServePredictor",
-            "AIP_STORAGE_URI": str(model_dir),
-            "AIP_HTTP_PORT": str(port),
-            "AIP_HEALTH_ROUTE": "/health",
-            "AIP_PREDICT_ROUTE": "/predict",
-            "VERTEX_CPR_WEB_CONCURRENCY": str(args.workers),
-        }
-        command = [
-            str(args.cpr_venv / "bin" / "python"),
-            "-m",
-            "google.cloud.aiplatform.prediction.model_server",
-        ]
-        server = Server(name, command, cwd, cpr_env, port)
-        try:
-            started = server.wait_healthy()
-            # Every worker loads on its own; give them all time before measuring.
-            time.sleep(2)
-            answer = post_json(server.url("/predict"), orjson.dumps({"instances": instances}))
-            want = expected if output == "both" else [e["label"] for e in expected]
-            same = _close(answer["predictions"], want)
-            notes.append(
-                f"{name}: start to first health 200 {started:.2f} s; answers equal ours: {same}"
-            )
-            print(f"{name} ...", file=sys.stderr)
-            cells += load_test(server, name, bodies, args, "/predict")
-        except (RuntimeError, OSError) as exc:
-            notes.append(f"{name} failed: {exc} (log: {server.log.name})")
-        finally:
-            server.stop()
-    return cells
 
 
 def _close(got: Any, want: Any) -> bool:
     if isinstance(want, float):
-        return abs(got - want) <= 1e-9 * max(1.0, abs(want))
+        return isinstance(got, float) and abs(got - want) <= 1e-9 * max(1.0, abs(want))
     if isinstance(want, dict):
-        return got.keys() == want.keys() and all(_close(got[k], want[k]) for k in want)
+        return (
+            isinstance(got, dict)
+            and got.keys() == want.keys()
+            and all(_close(got[k], want[k]) for k in want)
+        )
     if isinstance(want, list):
-        return len(got) == len(want) and all(map(_close, got, want))
+        return isinstance(got, list) and len(got) == len(want) and all(map(_close, got, want))
     return got == want
 
 
@@ -519,20 +750,59 @@ def print_table(cells: list[Cell], notes: list[str], args: argparse.Namespace) -
         "ours vs this (req/s) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    ours = {c.batch: c.requests_per_s for c in cells if c.server == "ours"}
-    order = ["ours", "ours, no request merging", "Vertex CPR", "Vertex CPR, labels only"]
+    ours = {c.batch: c for c in cells if c.server == "ours"}
+    order = ["ours", "ours, no request merging", *PEER_NAMES]
     for cell in sorted(cells, key=lambda c: (c.batch, [*order, c.server].index(c.server))):
-        ratio = ours.get(cell.batch, float("nan")) / cell.requests_per_s
-        shown_ratio = "" if cell.server.startswith(("ours", "in-process")) else f"{ratio:.2f}x"
+        shown_ratio = f"{_ratio(ours.get(cell.batch), cell):.2f}x" if is_peer(cell) else ""
         errors = f" ({cell.errors} non-200)" if cell.errors else ""
         print(
             f"| {cell.server}{errors} | {cell.batch} | {cell.requests_per_s:,.0f} | "
             f"{cell.requests_per_s * cell.batch:,.0f} | {cell.p50_ms:.2f} | {cell.p99_ms:.2f} | "
             f"{cell.cpu_ms_per_request:.2f} | {shown_ratio} |"
         )
-    print()
+    print(f"\n{goal_line(cells, args.batch_sizes)}\n")
     for note in notes:
         print(f"- {note}")
+
+
+def is_peer(cell: Cell) -> bool:
+    return cell.server in PEER_NAMES
+
+
+def _ratio(ours: Cell | None, peer: Cell) -> float:
+    """Our requests/s over the peer's, NaN without both."""
+    if ours is None or not peer.requests_per_s:
+        return float("nan")
+    return ours.requests_per_s / peer.requests_per_s
+
+
+GOAL = "ours >= 2x the best peer's req/s at <= half its server CPU per request"
+
+
+def goal_line(cells: list[Cell], batches: list[int]) -> str:
+    """``GOAL`` at every request size: met, NOT met, or not checked, with the numbers."""
+    verdicts = [goal_at(cells, batch) for batch in batches]
+    oks = [ok for ok, _ in verdicts]
+    state = "NOT met" if False in oks else "not checked" if None in oks else "met"
+    return f"Goal ({GOAL}): {state}; " + "; ".join(text for _, text in verdicts)
+
+
+def goal_at(cells: list[Cell], batch: int) -> tuple[bool | None, str]:
+    """Whether ours meets ``GOAL`` against the fastest peer at one request size (None: no
+    row to compare), and the figures."""
+    ours = next((c for c in cells if c.server == "ours" and c.batch == batch), None)
+    peers = [c for c in cells if is_peer(c) and c.batch == batch]
+    if ours is None or not peers:
+        return None, f"{batch} inst/req: no {'peer' if ours else 'ours'} row"
+    best = max(peers, key=lambda c: c.requests_per_s)
+    speed = _ratio(ours, best)
+    cpu = ours.cpu_ms_per_request / best.cpu_ms_per_request
+    return speed >= 2 and cpu <= 0.5, (
+        f"{batch} inst/req: ours {ours.requests_per_s:,.0f} req/s at "
+        f"{ours.cpu_ms_per_request:.2f} CPU ms/req, best peer {best.server} "
+        f"{best.requests_per_s:,.0f} req/s at {best.cpu_ms_per_request:.2f} CPU ms/req: "
+        f"{speed:.2f}x its req/s at {cpu:.2f}x its CPU"
+    )
 
 
 if __name__ == "__main__":
