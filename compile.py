@@ -46,6 +46,11 @@ FLAG_TYPES: dict[type, Callable[[str], Any]] = {
 """How a pipeline parameter's flag reads its value, by the type of the parameter's default."""
 
 
+def _escaped(text: str) -> str:
+    """Help text as argparse wants it: a literal ``%`` doubled (argparse formats help)."""
+    return text.replace("%", "%%")
+
+
 def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per parameter both pipelines share (``pipelines.parameters``); a flag left out
     leaves the parameter out, so that the pipeline's default (or run-local's gate by task)
@@ -65,7 +70,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
                 dest=parameter.name,
                 action="store_true",
                 default=argparse.SUPPRESS,
-                help=parameter.help,
+                help=_escaped(parameter.help),
             )
             continue
         shown = ",".join(default) if isinstance(default, list) else json.dumps(default)
@@ -75,7 +80,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
             type=FLAG_TYPES[type(default)],
             choices=parameter.choices or None,
             default=argparse.SUPPRESS,
-            help=f"{parameter.help} (default: {by_task.get(parameter.name, shown)})",
+            help=_escaped(f"{parameter.help} (default: {by_task.get(parameter.name, shown)})"),
         )
 
 
@@ -592,8 +597,8 @@ def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="containerSpec.grpcPorts[0]: publish it too and check gRPC there (grpc.health.v1, "
         "ModelInfer on the sample, bad input, reflection); needs --model-dir, whose manifest "
-        "names the input tensors. This project's image listens there with "
-        "--env SERVING_GRPC_PORT=PORT",
+        "names the input tensors. The check sets SERVING_GRPC_PORT to it, which turns this "
+        "project's server's gRPC on (other images ignore it)",
     )
     parser.set_defaults(handler=_check_contract)
 

@@ -40,6 +40,7 @@ def build_and_check(
     large_model_bytes: int = 268435456,
     service_account: str = "",
     machine_type: str = "",
+    grpc_port: int = 0,
 ) -> NamedTuple("Outputs", [("image_uri", str), ("digest", str)]):
     """Build the serving image on Cloud Build, contract-check it there, push it on a pass.
 
@@ -51,9 +52,14 @@ def build_and_check(
     another order, malformed requests, a concurrent burst, SIGTERM), and pushes the image to
     Artifact Registry only when the check passed: the digest pushed is the digest checked.
 
+    With ``grpc_port`` the container also gets ``SERVING_GRPC_PORT`` (this project's image
+    serves gRPC there; another image ignores it) and the check applies the gRPC rules on that
+    port by the container's name.
+
     The report and metrics are read back from the build's log. On a pass the component writes
     ``unmanaged_container_model`` (the model URI and ``containerSpec``: the image by digest,
-    ports, routes, env, and a startupProbe for a large or slow model) for GCPC's
+    ports, routes, env, a startupProbe for a large or slow model, and with ``grpc_port`` the
+    ``grpcPorts`` and gRPC health and startup probes) for GCPC's
     ``ModelUploadOp``; on a violation it writes the report and metrics and fails with the
     message the local check gives, and nothing was pushed. A GPU image runs on the CPU there
     (Cloud Build has no GPU): its report says the GPU was not exercised.
@@ -86,6 +92,8 @@ def build_and_check(
         large_model_bytes: model size from which the spec gets a ``startupProbe``.
         service_account: the identity the build runs as (empty: Cloud Build's default).
         machine_type: the build's ``BuildOptions.MachineType`` (empty: the default worker).
+        grpc_port: ``containerSpec.grpcPorts[0]``: also check gRPC there, and declare it with
+            gRPC probes and ``SERVING_GRPC_PORT`` in ``env`` (0: HTTP only).
 
     Returns:
         report: the human-readable report (Markdown).
@@ -120,6 +128,7 @@ def build_and_check(
         large_model_bytes=large_model_bytes,
         service_account=service_account,
         machine_type=machine_type,
+        grpc_port=grpc_port or None,
     )
     publish(
         outcome.report,

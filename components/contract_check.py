@@ -69,9 +69,10 @@ def contract_check(
             pipeline checks its own serving image strictly).
         process_mode: check the server code as a local process instead of the image (never a
             silent fallback).
-        grpc_port: ``containerSpec.grpcPorts[0]``: also check gRPC there (0: no gRPC). The
-            server must listen there: for this project's image put ``SERVING_GRPC_PORT`` in
-            ``env``.
+        grpc_port: ``containerSpec.grpcPorts[0]``: also check gRPC there, and declare it with
+            gRPC probes (0: HTTP only). The container gets ``SERVING_GRPC_PORT`` set to it
+            unless ``env`` sets it (this project's image serves gRPC there; another image
+            ignores it), and so does the emitted spec's ``env``.
 
     Returns:
         report: the human-readable report (Markdown).

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from components import vertex
 from components.capacity import DEFAULT_TARGET_UTILIZATION, SCHEMA_VERSION
 from components.rollout.steps import DEFAULT_ALIAS, PROMOTE_ALL, PROMOTE_CHOICES
 from components.stand_ins.batch_inputs import FORMATS
@@ -93,6 +94,12 @@ SHARED_PARAMETERS = (
     SharedParameter("batch_instances_format", "jsonl", "format of the batch input", FORMATS),
     SharedParameter(
         "batch_size", DEFAULT_BATCH_SIZE, "instances per request to the container (Vertex's)"
+    ),
+    SharedParameter(
+        "grpc_port",
+        0,
+        "serve and check gRPC on this container port too (containerSpec.grpcPorts, e.g. "
+        f"8081; not {vertex.DEFAULT_PORT}, the HTTP port); 0: HTTP only",
     ),
 )
 """The parameters whose name, default and meaning are the same in both pipelines."""
@@ -315,8 +322,32 @@ def read_parameter_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _whole(value: Any) -> bool:
+    """Whether ``value`` is a whole number (a compiled spec's integer default is a float)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def check_grpc_port(values: Mapping[str, Any]) -> None:
+    """``grpc_port``: 0 (HTTP only) or a port of its own; ``ValueError`` naming the fault.
+
+    The server refuses a gRPC port equal to ``AIP_HTTP_PORT`` at start, which on Vertex
+    would fail the checked build minutes into the run.
+    """
+    port = values.get("grpc_port", 0)
+    if not _whole(port) or not 0 <= port <= 65535:
+        raise ValueError(f"grpc_port {port!r}: a port from 1 to 65535 (e.g. 8081), or 0 for none")
+    if port == vertex.DEFAULT_PORT:
+        raise ValueError(
+            f"grpc_port {port}: that is the HTTP port (containerSpec.ports, AIP_HTTP_PORT); "
+            "gRPC needs a port of its own, e.g. 8081 (0: HTTP only)"
+        )
+
+
 def check_rollout(values: Mapping[str, Any]) -> None:
-    """The rollout parameters both pipelines take; ``ValueError`` naming the fault."""
+    """The parameters both pipelines take for what they roll out (aliases, traffic, the
+    serving ports: ``check_grpc_port``); ``ValueError`` naming the fault."""
     aliases = values.get("version_aliases") or []
     if DEFAULT_ALIAS in aliases:
         raise ValueError(
@@ -324,14 +355,14 @@ def check_rollout(values: Mapping[str, Any]) -> None:
             "only after its smoke test on the endpoint passes (an upload with it would make "
             "the unchecked version the model's default); drop it"
         )
-    share = values.get("canary_traffic_percent", 0)  # a compiled spec's default is a float
-    whole = isinstance(share, int) or (isinstance(share, float) and share.is_integer())
-    if isinstance(share, bool) or not whole or not 0 <= share <= 100:
+    share = values.get("canary_traffic_percent", 0)
+    if not _whole(share) or not 0 <= share <= 100:
         raise ValueError(f"canary_traffic_percent {share!r}: a whole percent from 0 to 100")
     if values.get("promote", PROMOTE_ALL) not in PROMOTE_CHOICES:
         raise ValueError(
             f"promote {values.get('promote')!r}: use one of {', '.join(PROMOTE_CHOICES)}"
         )
+    check_grpc_port(values)
 
 
 @dataclass(frozen=True)

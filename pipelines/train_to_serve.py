@@ -325,6 +325,11 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
             batch_replica_count: replicas of the batch job (batch does not autoscale;
                 ``submit --capacity`` fills it and ``batch_size`` from the advice).
             batch_size: instances per request to the container (Vertex's default is 64).
+            grpc_port: also serve gRPC on this container port (e.g. 8081; 0: HTTP only): the
+                checked build checks it there (the gRPC rules), and the uploaded
+                ``containerSpec`` declares it in ``grpcPorts`` with gRPC health and startup
+                probes and ``SERVING_GRPC_PORT`` in ``env``. Clients call gRPC only on
+                dedicated endpoints.
         """
         build = {
             "image_name": image_name,
@@ -335,6 +340,7 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
             "service_account": build_service_account,
             "machine_type": build_machine_type,
             "base_image": base_image,
+            "grpc_port": shared["grpc_port"],
         }
 
         def checked_build(model: Any, gpu: bool = False) -> Any:
@@ -490,6 +496,10 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
             batch_instances_format: ``jsonl`` or ``csv``.
             batch_size: instances per request to the container; 0: the capacity step's
                 advice.
+            grpc_port: also serve gRPC on this container port (e.g. 8081; 0: HTTP only): the
+                contract check checks it there, and the checked ``containerSpec`` declares it
+                (``grpcPorts``, gRPC probes, ``SERVING_GRPC_PORT``), so the local endpoint
+                serves it too.
         """
         measured: list[Any] = []
 
@@ -499,7 +509,10 @@ def _local_pipeline(ours: dict[str, Any], cache_training: bool) -> Any:
             )
             # Our own serving image is checked strictly: a hygiene finding on it is our bug.
             checked = ours["contract_check"](
-                image_uri=built.outputs["image_uri"], model=model, strict=True
+                image_uri=built.outputs["image_uri"],
+                model=model,
+                strict=True,
+                grpc_port=shared["grpc_port"],
             )
             # Its capacity on the machine type: a machine it does not fit stops the run here.
             capacity = never_cached(

@@ -27,3 +27,23 @@ def test_check_contract_flags_default_to_vertex_without_importing_kfp():
 def test_check_contract_without_instances_is_a_usage_error(capsys: pytest.CaptureFixture[str]):
     assert cli.main(["check-contract", "--image", "localhost/x:1"]) == 2
     assert "--instances" in capsys.readouterr().err
+
+
+def test_every_subcommand_s_help_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse formats help texts with ``%``: a literal one (a share, "1%") must be doubled,
+    or ``--help`` crashes instead of helping."""
+    subparsers = next(
+        action
+        for action in cli.build_parser()._actions
+        if isinstance(action, cli.argparse._SubParsersAction)
+    )
+    for parser in subparsers.choices.values():
+        parser.format_help()  # raises on an unescaped %
+        nested = [a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction)]
+        for action in nested:
+            for sub in action.choices.values():
+                sub.format_help()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run-local", "--help"])
+    assert exited.value.code == 0
+    assert "--canary-traffic-percent" in capsys.readouterr().out

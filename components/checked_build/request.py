@@ -49,6 +49,7 @@ def checked_build_request(
     timeout_s: int = CHECKED_BUILD_TIMEOUT_S,
     service_account: str = "",
     machine_type: str = "",
+    grpc_port: int | None = None,
 ) -> cloudbuild_v1.CreateBuildRequest:
     """Build ``image`` from the staged context, check it as Vertex will run it, push on a pass.
 
@@ -64,6 +65,8 @@ def checked_build_request(
         settings: the check's numbers (startup deadline, grace period, strict).
         gpu: the GPU variant (started on the CPU: Cloud Build has no GPU).
         timeout_s, service_account, machine_type: the build's.
+        grpc_port: ``containerSpec.grpcPorts[0]``: the check step checks gRPC there too (the
+            container gets ``SERVING_GRPC_PORT``, see ``check_steps``); ``None`` or 0: none.
     """
     from google.cloud.devtools import cloudbuild_v1
 
@@ -79,6 +82,7 @@ def checked_build_request(
         storage_uri=storage_uri,
         settings=settings,
         gpu=gpu,
+        grpc_port=grpc_port,
     )
     artifacts = cloudbuild_v1.Artifacts(
         objects=cloudbuild_v1.Artifacts.ArtifactObjects(

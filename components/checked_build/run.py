@@ -73,6 +73,7 @@ def build_and_check(
     poll_seconds: float = 5.0,
     credentials: Any = None,
     on_line: Callable[[str], None] | None = None,
+    grpc_port: int | None = None,
 ) -> CheckedBuild:
     """Build the serving image on Cloud Build, contract-check it there, push it on a pass.
 
@@ -88,6 +89,9 @@ def build_and_check(
         large_model_bytes: model size from which the spec gets a ``startupProbe``.
         timeout_s: the build's time limit.
         poll_seconds, credentials, on_line: as for ``follow_build``.
+        grpc_port: ``containerSpec.grpcPorts[0]``: checked over gRPC too (the container gets
+            ``SERVING_GRPC_PORT`` unless ``env`` sets it), and on a pass the spec declares it
+            with gRPC probes; ``None`` or 0: HTTP only.
 
     Returns:
         The outcome; on a violation ``image`` and ``metadata`` are ``None`` and nothing was
@@ -145,6 +149,7 @@ def build_and_check(
         timeout_s=timeout_s,
         service_account=service_account,
         machine_type=machine_type,
+        grpc_port=grpc_port,
     )
     verdict_index = [step.id for step in request.build.steps].index(VERDICT_STEP)
     finished = follow_build(
@@ -168,6 +173,7 @@ def build_and_check(
         env=env,
         settings=settings,
         large_model_bytes=large_model_bytes,
+        grpc_port=grpc_port,
     )
 
 
@@ -184,8 +190,11 @@ def read_checked_build(
     env: Mapping[str, str] | None,
     settings: CheckSettings,
     large_model_bytes: int,
+    grpc_port: int | None = None,
 ) -> CheckedBuild:
-    """The outcome of a finished checked build, from its status and the verdict's log lines.
+    """The outcome of a finished checked build, from its status and the verdict's log lines;
+    on a pass the metadata is ``upload_metadata``'s, the local check's (``grpc_port`` as
+    there).
 
     Raises:
         CloudBuildError: the build ended before the verdict step printed its report.
@@ -212,5 +221,6 @@ def read_checked_build(
         env=env,
         startup_deadline_s=settings.startup_deadline_s,
         large_model_bytes=large_model_bytes,
+        grpc_port=grpc_port,
     )
     return CheckedBuild(report, built, metadata, finished.build.id)

@@ -34,7 +34,7 @@ from components.contract.rules import (
     sigterm_result,
     skip_result,
 )
-from components.contract.settings import CheckSettings
+from components.contract.settings import CheckSettings, checked_env
 from components.runners import (
     PROCESS_MODE_NOTE,
     Mount,
@@ -160,8 +160,8 @@ def check_image(
 
     With ``grpc_port`` (``containerSpec.grpcPorts[0]``; ``None`` or 0: none) that port is
     published too and the ``grpc-`` rules apply there, with tensors named and typed after
-    ``model_dir``'s manifest (required then). Whatever makes the server listen there (for
-    this project's image ``SERVING_GRPC_PORT`` in ``env``) is the caller's to give.
+    ``model_dir``'s manifest (required then); the container gets ``SERVING_GRPC_PORT`` set to
+    it unless ``env`` sets it (``checked_env``: our server listens there, others ignore it).
 
     With the ``ProcessRunner`` (process mode) the server code runs as a local process with
     the same environment, the model directory (required then) named by ``AIP_STORAGE_URI``;
@@ -188,7 +188,7 @@ def check_image(
         port=port,
         grpc_port=grpc_port or None,
         env={
-            **vertex.check_user_env(env or {}),
+            **checked_env(env, grpc_port),
             **vertex.vertex_environment(port, health_route, predict_route, storage_uri),
         },
         mounts=mounts,
@@ -322,7 +322,9 @@ def upload_metadata(
     """The ``UnmanagedContainerModel`` metadata of a passing check, with a ``startupProbe``
     when the model directory holds at least ``large_model_bytes`` or the server took
     ``SLOW_STARTUP_S`` or more to become healthy; the report's settings say which. With
-    ``grpc_port`` the probes ask ``grpc.health.v1`` there, where Vertex sends its checks."""
+    ``grpc_port`` the spec declares ``grpcPorts``, its probes ask ``grpc.health.v1`` there
+    (where Vertex sends its checks), and its ``env`` is the checked one (``checked_env``:
+    ``SERVING_GRPC_PORT`` too)."""
     size = directory_bytes(model_dir)
     probe = None
     if vertex.needs_startup_probe(size, report.startup_s, large_model_bytes):
@@ -334,7 +336,7 @@ def upload_metadata(
         port=port,
         health_route=health_route,
         predict_route=predict_route,
-        env=vertex.check_user_env(env or {}),
+        env=checked_env(env, grpc_port),
         probe=probe,
         grpc_port=grpc_port,
     )

@@ -49,7 +49,7 @@ from components.contract.rules import (
     sigterm_result,
     skip_result,
 )
-from components.contract.settings import CheckSettings
+from components.contract.settings import CheckSettings, checked_env
 from components.runners import tail_lines
 from serving_image.server import artifact
 
@@ -100,14 +100,15 @@ def check_steps(
             model; the build's service account must read it); empty for a baked model.
         settings: the check's numbers (startup deadline, grace period, strict).
         gpu: the image is the GPU variant: the report says the GPU was not exercised.
-        grpc_port: ``containerSpec.grpcPorts[0]``, to check gRPC there too (``env`` makes
-            the server listen there); ``None`` or 0: no gRPC.
+        grpc_port: ``containerSpec.grpcPorts[0]``, to check gRPC there too; the container
+            gets ``SERVING_GRPC_PORT`` set to it unless ``env`` sets it (``checked_env``);
+            ``None`` or 0: no gRPC.
     """
     from google.cloud.devtools import cloudbuild_v1
 
     settings = settings or CheckSettings()
     variables = {
-        **vertex.check_user_env(env or {}),
+        **checked_env(env, grpc_port),
         **vertex.vertex_environment(port, health_route, predict_route, storage_uri),
     }
     run = ["docker", "run", "--detach", "--network", vertex.CLOUD_BUILD_NETWORK]

@@ -1,13 +1,16 @@
-"""What a contract check is given: its numbers, and a view of the server it checks.
+"""What a contract check is given: its numbers, the container's variables, and a view of the
+server it checks.
 
-``CheckSettings`` holds the numbers (Vertex AI's by default). ``ServerObserver`` is how
-whatever runs the server (a container, a local process) tells the check about it, and
-``ServerWatch`` reads it for the rules, HTTP (``checker``) and gRPC (``grpc_rules``) alike:
-whether the server exited, what that and its sockets say, and its log.
+``CheckSettings`` holds the numbers (Vertex AI's by default); ``checked_env`` the variables
+the container under check gets and the emitted ``containerSpec.env`` declares.
+``ServerObserver`` is how whatever runs the server (a container, a local process) tells the
+check about it, and ``ServerWatch`` reads it for the rules, HTTP (``checker``) and gRPC
+(``grpc_rules``) alike: whether the server exited, what that and its sockets say, and its log.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +53,21 @@ class CheckSettings:
         verdict as Vertex's schedule, sooner.
         """
         return (self.liveness_attempts - 1) * self.liveness_interval_s
+
+
+def checked_env(env: Mapping[str, str] | None, grpc_port: int | None) -> dict[str, str]:
+    """The variables of the container under check, which the emitted ``containerSpec.env``
+    declares too: ``env`` (``ValueError`` for an ``AIP_`` name), and with a ``grpc_port``
+    ``SERVING_GRPC_PORT`` set to it unless ``env`` sets that variable itself.
+
+    Vertex sets no variable for ``grpcPorts``, and this project's server serves gRPC only where
+    that variable names a port, so a check asked for gRPC gives it, here alone for the local
+    check and the Cloud Build one alike; another image ignores a variable it does not read.
+    """
+    variables = vertex.check_user_env(env or {})
+    if grpc_port:
+        variables.setdefault(vertex.GRPC_PORT_VARIABLE, str(grpc_port))
+    return variables
 
 
 class ServerObserver(Protocol):

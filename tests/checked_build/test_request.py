@@ -155,3 +155,33 @@ def test_an_image_without_the_model_names_it_in_aip_storage_uri(penguins_model_d
 def test_the_gpu_variant_says_its_gpu_was_not_exercised(penguins_model_dir: Path) -> None:
     request = request_for(penguins_model_dir, gpu=True)
     assert list(request.build.steps[-1].args)[-1] == "--gpu"
+
+
+def test_with_a_grpc_port_the_image_gets_serving_grpc_port_and_the_check_reaches_it(
+    penguins_model_dir: Path,
+) -> None:
+    """gRPC on: the start step gives the container ``SERVING_GRPC_PORT`` (the check adds it,
+    the caller need not), and the check step applies the gRPC rules by the container's name."""
+    request = request_for(penguins_model_dir, env={"SERVING_WORKERS": "2"}, grpc_port=8081)
+    start, check = request.build.steps[1:3]
+    run = substitute(start.args[1], {}).split(" && ", 2)[2].split()
+    env = [run[i + 1] for i, arg in enumerate(run) if arg == "--env"]
+    assert env[:2] == ["SERVING_WORKERS=2", f"{vertex.GRPC_PORT_VARIABLE}=8081"]
+    assert list(check.args)[-4:] == [
+        "--grpc-address", f"{SERVER_NAME}:8081", "--grpc-port", "8081",
+    ]  # fmt: skip
+
+
+def test_a_serving_grpc_port_the_caller_sets_is_kept_as_given(penguins_model_dir: Path) -> None:
+    request = request_for(
+        penguins_model_dir, env={vertex.GRPC_PORT_VARIABLE: "9000"}, grpc_port=8081
+    )
+    script = substitute(request.build.steps[1].args[1], {})
+    assert f"--env {vertex.GRPC_PORT_VARIABLE}=9000 " in script
+    assert f"{vertex.GRPC_PORT_VARIABLE}=8081" not in script
+
+
+def test_http_only_the_image_gets_no_serving_grpc_port(request_) -> None:
+    script = substitute(request_.build.steps[1].args[1], {})
+    assert vertex.GRPC_PORT_VARIABLE not in script
+    assert "--grpc-port" not in list(request_.build.steps[2].args)

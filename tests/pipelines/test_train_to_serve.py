@@ -728,6 +728,10 @@ def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path, framework: st
         ({"staging_bucket": "my-bucket"}, "staging_bucket 'my-bucket' must be a gs:// URI"),
         ({"batch_gcs_source_uris": []}, "needs batch_gcs_source_uris"),
         ({"deploy_max_replicas": 0, "deploy_min_replicas": 1}, "deploy_max_replicas must be"),
+        ({"grpc_port": 8080}, "grpc_port 8080: that is the HTTP port"),
+        ({"grpc_port": 65536}, "grpc_port 65536: a port from 1 to 65535 (e.g. 8081), or 0"),
+        ({"grpc_port": -1}, "grpc_port -1: a port from 1 to 65535"),
+        ({"grpc_port": True}, "grpc_port True: a port from 1 to 65535"),
     ],
 )
 def test_run_parameters_vertex_would_refuse(change: dict, message: str) -> None:
@@ -745,6 +749,39 @@ def test_a_gpu_asked_for_a_scikit_learn_models_batch_job_is_refused() -> None:
     with pytest.raises(ValueError, match="batch_accelerator_type given for a scikit-learn model"):
         check_run_parameters(values, explicit={"batch_accelerator_type"})
     check_run_parameters(values)  # the pipeline's own default applies to TensorFlow only
+
+
+def test_grpc_port_reaches_the_checked_builds_on_vertex_and_the_contract_check_locally(
+    spec: dict, tmp_path: Path
+) -> None:
+    """The run's ``grpc_port`` is what both checked builds (the endpoint's image and the GPU
+    batch image) and, locally, the contract check are given; its default, 0, is HTTP only."""
+    from kfp import compiler
+
+    from pipelines.train_to_serve import build_pipeline
+
+    for executor in ("exec-build-and-check", "exec-build-and-check-2"):
+        assert _task_inputs(spec, executor, RUN_VALUES)["grpc_port"] == 0
+        assert _task_inputs(spec, executor, {**RUN_VALUES, "grpc_port": 8081})["grpc_port"] == 8081
+    compiler.Compiler().compile(build_pipeline(backend="local"), str(tmp_path / "local.yaml"))
+    local = yaml.safe_load((tmp_path / "local.yaml").read_text())
+    assert _tasks(local)["contract-check"]["inputs"]["parameters"]["grpc_port"] == {
+        "componentInputParameter": "grpc_port"
+    }
+
+
+def test_a_grpc_port_vertex_would_serve_is_accepted_and_run_local_checks_it_first(
+    tmp_path: Path,
+) -> None:
+    from pipelines.local_run import LocalRunError, LocalRunOptions, run_local
+    from pipelines.train_to_serve import check_run_parameters
+
+    check_run_parameters({**_defaults(), **RUN_VALUES, "grpc_port": 8081})
+    check_run_parameters({**_defaults(), **RUN_VALUES, "grpc_port": 0.0})  # a compiled default
+    options = LocalRunOptions(tmp_path, parameters={"grpc_port": 8080}, serving="process")
+    with pytest.raises(LocalRunError, match="grpc_port 8080: that is the HTTP port"):
+        run_local(options)
+    assert not list(tmp_path.iterdir()), "nothing ran"
 
 
 def test_tasks_that_create_or_change_resources_are_never_cached(spec: dict) -> None:

@@ -3,9 +3,12 @@ build config sent to Cloud Build (``checked_build_request``), on real images.
 
 * The serving image with a trained model: built, started on the build's network, checked by
   name, stopped, pushed; the verdict equals the local ``check_model_image``'s, rule by rule.
+  Then with gRPC on (the same context, its build step a cache hit): the gRPC rules reach the
+  container by name, and neither check is given ``SERVING_GRPC_PORT``: both add it.
 * Broken fixture images: the verdict step fails with each one's rule, and nothing is pushed.
 * The component's read-back path (``build_and_check``, Google Cloud replaced at its clients)
-  reads these builds' real logs: an image and a container spec on a pass, none on a failure.
+  reads these builds' real logs: an image and a container spec on a pass (with gRPC on, its
+  ``grpcPorts``, gRPC probes and ``SERVING_GRPC_PORT``), none on a failure.
 
 The checker image stands in for the components image: the serving image's Python with this
 project's ``components`` and ``serving_image`` packages (all the check imports).
@@ -21,9 +24,9 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.devtools import cloudbuild_v1
 
-from components import checked_build
-from components.contract import CheckSettings, check_model_image
-from components.contract.in_build import VERDICT_STEP, check_steps, read_report
+from components import checked_build, vertex
+from components.contract import GRPC_RULES, CheckSettings, ContractReport, check_model_image
+from components.contract.in_build import SERVER_NAME, VERDICT_STEP, check_steps, read_report
 from components.imaging import assemble_build_context, build, find_ca_bundle
 from components.imaging.cloud_build import CLOUD_BUILD_STEP_ID, cloud_build_request
 from components.imaging.context import CHECK_SAMPLE_DIR, add_check_sample
@@ -46,6 +49,7 @@ REGISTRY = "europe-west4-docker.pkg.dev/my-project/models"
 STAGING = parse_staging_bucket("gs://my-staging/runs/1")
 SETTINGS = CheckSettings(grace_period_s=10, strict=True)
 BROKEN = ("bare_list_request", "drops_rows", "refit_scaler_per_request", "missing_dependency")
+GRPC_PORT = 8081
 TIMINGS: dict[str, float] = {}
 
 
@@ -87,8 +91,27 @@ def run_here(
 ) -> LocalBuild:
     started = time.monotonic()
     result = run_build(request.build, source, engine, work, ca_bundle=find_ca_bundle())
-    TIMINGS[f"local build {source.name}"] = time.monotonic() - started
+    TIMINGS[f"local build {request.build.images[0]}"] = time.monotonic() - started
     return result
+
+
+def serving_request(
+    name: str, checker_image: str, base_image: str, model_dir: Path, grpc_port: int | None = None
+) -> cloudbuild_v1.CreateBuildRequest:
+    """The checked build of the serving image with the penguins model, as sent to Cloud Build."""
+    return checked_build.checked_build_request(
+        registry_image(name),
+        STAGING,
+        "runs/1/context.tar.gz",
+        prepare(model_dir, bake_model=True, gpu=False),
+        checker_image=checker_image,
+        base_image=base_image,
+        port=8080,
+        health_route="/health",
+        predict_route="/predict",
+        settings=SETTINGS,
+        grpc_port=grpc_port,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,22 +122,20 @@ def passing(
     source = tmp_path_factory.mktemp("serving") / "context"
     assemble_build_context(source, model_dir)
     add_check_sample(source, model_dir)
-    plan = prepare(model_dir, bake_model=True, gpu=False)
-    image = registry_image("penguins")
-    request = checked_build.checked_build_request(
-        image,
-        STAGING,
-        "runs/1/context.tar.gz",
-        plan,
-        checker_image=checker_image,
-        base_image=base_image,
-        port=8080,
-        health_route="/health",
-        predict_route="/predict",
-        settings=SETTINGS,
-    )
+    request = serving_request("penguins", checker_image, base_image, model_dir)
     result = run_here(request, source, engine, tmp_path_factory.mktemp("passing-work"))
     return request, result, source
+
+
+@pytest.fixture(scope="module")
+def passing_grpc(
+    passing, engine: Engine, base_image: str, checker_image: str, model_dir: Path, tmp_path_factory
+) -> tuple[cloudbuild_v1.CreateBuildRequest, LocalBuild]:
+    """The same context's checked build with gRPC on (its image build a cache hit); no env:
+    the check gives the container ``SERVING_GRPC_PORT`` itself."""
+    _, _, source = passing
+    request = serving_request("penguins-grpc", checker_image, base_image, model_dir, GRPC_PORT)
+    return request, run_here(request, source, engine, tmp_path_factory.mktemp("grpc-work"))
 
 
 def broken_request(name: str, base_image: str, checker_image: str) -> Any:
@@ -175,6 +196,10 @@ def test_the_serving_image_passes_and_is_pushed_with_the_report_kept(passing) ->
     assert (kept / "metrics.json").is_file()
 
 
+def _verdicts(report: ContractReport) -> dict[str, str]:
+    return {r.rule: r.verdict(report.strict) for r in report.rules}
+
+
 def test_its_verdict_equals_the_local_check_rule_by_rule(
     passing, engine: Engine, model_dir: Path
 ) -> None:
@@ -189,10 +214,7 @@ def test_its_verdict_equals_the_local_check_rule_by_rule(
         engine=engine,
     )
 
-    def verdicts(report):
-        return {r.rule: r.verdict(report.strict) for r in report.rules}
-
-    assert verdicts(in_build) == verdicts(local)
+    assert _verdicts(in_build) == _verdicts(local)
     assert in_build.predictions == local.predictions
     same = ("passed", "rules_passed", "rules_failed", "rules_warned", "rules_skipped", "strict")
     assert {k: in_build.metrics()[k] for k in same} == {k: local.metrics()[k] for k in same}
@@ -217,8 +239,30 @@ def test_a_broken_image_fails_the_build_with_its_rule_and_nothing_is_pushed(
     assert any(line.startswith(f"{report.target} breaks") for line in result.output(VERDICT_STEP))
 
 
+def test_with_grpc_on_the_grpc_rules_reach_the_container_by_name_as_the_local_check_does(
+    passing_grpc, engine: Engine, model_dir: Path
+) -> None:
+    request, result = passing_grpc
+    assert result.status == "SUCCESS", "\n".join(result.log[-60:])
+    in_build = read_report(result.output(VERDICT_STEP))
+    grpc = [r for r in in_build.rules if r.rule in GRPC_RULES]
+    assert [r.rule for r in grpc] == list(GRPC_RULES), in_build.to_markdown()
+    assert all(r.passed and not r.skipped for r in grpc), in_build.to_markdown()
+    assert in_build.settings["gRPC reached at"] == f"{SERVER_NAME}:{GRPC_PORT}"
+    local, _ = check_model_image(
+        request.build.images[0],
+        model_dir,
+        health_route="/health",
+        predict_route="/predict",
+        settings=SETTINGS,
+        engine=engine,
+        grpc_port=GRPC_PORT,
+    )
+    assert _verdicts(in_build) == _verdicts(local)
+
+
 def _read_back(
-    fake_cloud, request, result: LocalBuild, model_dir: Path
+    fake_cloud, request, result: LocalBuild, model_dir: Path, grpc_port: int | None = None
 ) -> checked_build.CheckedBuild:
     """``build_and_check`` with Google Cloud replaced, fed this local build's log."""
     image = request.build.images[0]
@@ -244,6 +288,7 @@ def _read_back(
         settings=SETTINGS,
         poll_seconds=0,
         credentials=AnonymousCredentials(),
+        grpc_port=grpc_port,
     )
 
 
@@ -256,8 +301,23 @@ def test_the_component_reads_a_pass_back_as_a_pinned_image_and_a_container_spec(
     digest = result.pushed[request.build.images[0]]
     assert outcome.report.passed and outcome.image is not None
     assert outcome.image.reference == f"{REGISTRY}/penguins@{digest}"
-    assert outcome.metadata["containerSpec"]["imageUri"] == outcome.image.reference
+    spec = outcome.metadata["containerSpec"]
+    assert spec["imageUri"] == outcome.image.reference
+    assert "grpcPorts" not in spec and "env" not in spec  # HTTP only
     assert outcome.report.settings["checker image digest"] == "sha256:" + "12" * 32
+
+
+def test_the_component_reads_a_grpc_pass_back_with_grpc_ports_probes_and_the_variable(
+    passing_grpc, fake_cloud, model_dir: Path
+) -> None:
+    request, result = passing_grpc
+    outcome = _read_back(fake_cloud, request, result, model_dir, grpc_port=GRPC_PORT)
+
+    assert outcome.metadata is not None
+    spec = outcome.metadata["containerSpec"]
+    assert spec["grpcPorts"] == [{"containerPort": GRPC_PORT}]
+    assert spec["healthProbe"] == vertex.grpc_health_probe(GRPC_PORT)
+    assert spec["env"] == [{"name": vertex.GRPC_PORT_VARIABLE, "value": str(GRPC_PORT)}]
 
 
 def test_the_component_reads_a_failure_back_with_no_image(
