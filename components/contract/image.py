@@ -36,6 +36,7 @@ from components.contract.rules import (
 )
 from components.contract.settings import CheckSettings, checked_env
 from components.runners import (
+    PROCESS,
     PROCESS_MODE_NOTE,
     Mount,
     ProcessRunner,
@@ -106,7 +107,11 @@ class RunningServerObserver:
                 return None
             if not state.running:
                 status = 137 if state.oom_killed else state.exit_code
-                self._exit_note = explain_exit(-1 if status is None else status, self._last_logs())
+                self._exit_note = explain_exit(
+                    -1 if status is None else status,
+                    self._last_logs(),
+                    process_mode=self.server.runner.name == PROCESS,
+                )
         return self._exit_note
 
     def _last_logs(self, settle_s: float = 2.0) -> str:

@@ -434,14 +434,25 @@ def sigterm_result(
     return RuleResult("sigterm", True, detail, request=request)
 
 
-def explain_exit(status: int, logs: str, what: str = "The container") -> str:
-    """How a server process ended, with a likely cause read from its logs and its last lines."""
+def explain_exit(status: int, logs: str, *, process_mode: bool = False) -> str:
+    """How a server ended, with a likely cause read from its logs and its last lines: a
+    container, or in process mode the server process (whose dependencies are this
+    environment's, not an image's)."""
+    what = "The server process" if process_mode else "The container"
     missing = re.search(r"No module named '([^']+)'", logs)
-    if missing:
+    if missing and process_mode:
+        cause = (
+            f"a Python dependency is missing from this environment (No module named "
+            f"'{missing.group(1)}'): process mode runs the server with this interpreter; "
+            "install the serve extra (pip install '.[serve]')"
+        )
+    elif missing:
         cause = (
             f"a Python dependency is missing from the image (No module named "
             f"'{missing.group(1)}'): install it in the Dockerfile"
         )
+    elif status == 0 and process_mode:
+        cause = "the server stopped on its own: see its last log lines"
     elif status == 0:
         cause = (
             "the entrypoint finished: it must start an HTTP server in the foreground and "

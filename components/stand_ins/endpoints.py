@@ -45,6 +45,7 @@ from typing import Any
 
 from components import traffic, vertex
 from components.runners import (
+    PROCESS,
     Exchange,
     RunnerError,
     ServerRunner,
@@ -579,11 +580,23 @@ def undeploy_model(
     if left:
         raise EndpointError(
             f"deployed model {deployed.id}: server(s) {', '.join(left)} are still there after "
-            f"undeploy; remove them with `{runner.name} rm -f {' '.join(left)}`"
+            f"undeploy; {_removal_hint(runner, left)}"
         )
     with locked(endpoints_dir):
         _forget_deployed_model(endpoint.endpoint_id, deployed.id, endpoints_dir)
     return seconds
+
+
+def _removal_hint(runner: ServerRunner, ids: list[str]) -> str:
+    """How to remove servers an undeploy left: containers with the engine, server processes
+    (process mode) by the pid in their state files."""
+    if runner.name == PROCESS:
+        return (
+            f"stop the server processes {', '.join(ids)} (process mode: each one's pid is in "
+            "ID.json under $TRAIN_TO_SERVE_PROCESS_DIR, default /tmp/train-to-serve-<uid>; "
+            "kill PID, then delete the file)"
+        )
+    return f"remove them with `{runner.name} rm -f {' '.join(ids)}`"
 
 
 def undeploy(endpoint_id: str, *, endpoints_dir: str | Path) -> float | None:
@@ -605,7 +618,7 @@ def undeploy(endpoint_id: str, *, endpoints_dir: str | Path) -> float | None:
         if left:
             raise EndpointError(
                 f"endpoint {endpoint.endpoint_id}: server(s) {', '.join(left)} are still there "
-                f"after undeploy; remove them with `{runner.name} rm -f {' '.join(left)}`"
+                f"after undeploy; {_removal_hint(runner, left)}"
             )
     with locked(endpoints_dir):
         record_path(endpoints_dir, endpoint.endpoint_id).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ class FixtureServer:
         status = self.process.poll()
         if status is None:
             return None
-        return explain_exit(status, self.log_path.read_text(), "The server process")
+        return explain_exit(status, self.log_path.read_text(), process_mode=True)
 
     def listening_note(self) -> str:
         return ""

@@ -33,6 +33,13 @@ def test_explain_exit_reads_the_cause_from_the_logs(status: int, logs: str, says
     assert note.endswith(logs.strip() or "(no output)")
 
 
+def test_in_process_mode_the_exit_names_the_process_and_this_environment() -> None:
+    note = explain_exit(1, "ModuleNotFoundError: No module named 'uvicorn'\n", process_mode=True)
+    assert note.startswith("The server process exited with status 1: ")
+    assert "missing from this environment" in note and "pip install '.[serve]'" in note
+    assert "image" not in note and "Dockerfile" not in note and "container" not in note
+
+
 def test_report_metrics_are_plain_floats_for_kfp():
     report = ContractReport("t", {}, [RuleResult("health", False, "x")], startup_s=1.23456)
     metrics = report.metrics()
