@@ -15,9 +15,9 @@ endpoint's ``grpc_port``, and stops it with them:
 * the model's answer passes through (messages, status, details, metadata), its initial metadata
   with ``x-vertex-ai-endpoint-id``, ``x-vertex-ai-deployed-model-id``, ``x-vertex-ai-model`` and
   ``x-vertex-ai-model-version-id`` of the model that answered;
-* a call that ends ``UNAVAILABLE`` before any message came back (the model refused or dropped
-  the connection, or could not take the call) is sent once more, with the messages so far, to
-  another model (``Router.fallback``), as the HTTP side resends a request nothing answered; a
+* a call that ends ``UNAVAILABLE`` (or grpcio's transport ``INTERNAL``) before any message
+  came back (the model refused or dropped the connection, or could not take the call) is sent
+  once more, with the messages so far, to another model (``Router.fallback``), as the HTTP side resends a request nothing answered; a
   call aimed at one model is not;
 * the router's own answers: ``UNAVAILABLE`` when no model with a share serves gRPC (or the one
   named serves none), ``NOT_FOUND`` for an unknown deployed model or another endpoint's
@@ -209,7 +209,7 @@ class GrpcRouter:
         call = Call(endpoint.endpoint_id, method, metadata, messages, deadline)
         try:
             ending = await self._forward(deployed, call, context)
-            if not ending.answered and ending.code == grpc.StatusCode.UNAVAILABLE and not named:
+            if _unreached(ending) and not named:
                 with contextlib.suppress(FileNotFoundError, EndpointError):
                     endpoint = self.routing.current()  # an undeploy may just have changed it
                 retry = self.routing.fallback(endpoint, deployed.id, grpc=True)
@@ -359,11 +359,26 @@ async def _finish(endpoint_id: str, ending: Ending, context: grpc.aio.ServicerCo
         context.set_trailing_metadata(ending.trailing)
         return
     details, trailing = ending.details, ending.trailing
-    if not ending.answered and ending.code == grpc.StatusCode.UNAVAILABLE:
+    if _unreached(ending):
         deployed = ending.deployed
         details = f"deployed model {deployed.id} at {deployed.grpc_target}: {details}"
         trailing = (*trailing, (ERROR_KEY, UNREACHABLE))
     await context.abort(ending.code, details, trailing)
+
+
+CORE_TRANSPORT_ERROR = "Internal error from Core"
+"""grpcio's details when the connection to a model broke mid-call (the model killed while it
+read the call): its own failures carry its own words."""
+
+
+def _unreached(ending: Ending) -> bool:
+    """The model gave no answer because it could not be reached (refused, dropped, or its
+    connection broke): the call may go to another model."""
+    if ending.answered:
+        return False
+    return ending.code == grpc.StatusCode.UNAVAILABLE or (
+        ending.code == grpc.StatusCode.INTERNAL and ending.details == CORE_TRANSPORT_ERROR
+    )
 
 
 def _value(metadata: Metadata, key: str) -> str | bytes | None:

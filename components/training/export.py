@@ -8,7 +8,9 @@ preprocessing.
 Two frameworks share everything but the fit step (reading, checks, split, feature schema,
 metrics, sample export, manifest): ``scikit-learn`` (``scikit_learn.py``, default) and
 ``tensorflow`` (``keras_model.py``: a Keras model whose preprocessing layers were adapted on
-the training data, exported as a SavedModel).
+the training data, exported as a SavedModel). A scikit-learn pipeline is also compiled to an
+ONNX graph, verified against the fitted pipeline and shipped only if it agrees
+(``compiling``); the manifest's ``compiled`` entry says what happened.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from components.training.compiling import export_compiled
 from components.training.evaluation import evaluate, expected_predictions
 from components.training.fitting import Fitter
 from components.training.inputs import (
@@ -32,6 +35,7 @@ from components.training.inputs import (
 )
 from components.training.sample import export_sample
 from components.training.scikit_learn import make_sklearn_fitter
+from components.training.verification import GENERATED_ROWS, generated_rows
 from serving_image.server import artifact
 
 FRAMEWORKS = ("scikit-learn", "tensorflow")
@@ -91,6 +95,30 @@ def check_training_inputs(
     return frame, target, features, make_fitter(framework, task, estimator, hyperparameters, seed)
 
 
+def split_rows(
+    frame: Any, target: str, task: str, features: list[str], eval_fraction: float, seed: int
+) -> tuple[int, Any, Any, Any, Any]:
+    """The labelled rows of a checked table split for training and evaluation (stratified
+    for classification, seeded): their count, then ``x_train, x_eval, y_train, y_eval``.
+    Text columns become object dtype with ``None`` for missing: what a request's JSON gives
+    the server."""
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    frame = frame[frame[target].notna()].reset_index(drop=True)
+    for name in features:
+        if not pd.api.types.is_numeric_dtype(frame[name]):
+            frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+    x, y = frame[features], frame[target]
+    if task == "classification":
+        y = y.astype(str) if not pd.api.types.is_integer_dtype(y) else y
+    stratify = y if task == "classification" and y.value_counts().min() >= 2 else None
+    x_train, x_eval, y_train, y_eval = train_test_split(
+        x, y, test_size=eval_fraction, random_state=seed, stratify=stratify
+    )
+    return len(frame), x_train, x_eval, y_train, y_eval
+
+
 def train_and_export(
     data: str,
     model_dir: str | Path,
@@ -128,9 +156,6 @@ def train_and_export(
     Raises:
         TrainingInputError: any bad input, before training starts.
     """
-    import pandas as pd
-    from sklearn.model_selection import train_test_split
-
     hyperparameters = dict(hyperparameters or {})
     if not 0 < eval_fraction < 1:
         raise TrainingInputError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
@@ -140,17 +165,8 @@ def train_and_export(
         data, target, task, feature_columns, framework, estimator, hyperparameters, seed
     )
 
-    frame = frame[frame[target].notna()].reset_index(drop=True)
-    # Text columns as plain object dtype, missing as None: what a request's JSON gives the server.
-    for name in features:
-        if not pd.api.types.is_numeric_dtype(frame[name]):
-            frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
-    x, y = frame[features], frame[target]
-    if task == "classification":
-        y = y.astype(str) if not pd.api.types.is_integer_dtype(y) else y
-    stratify = y if task == "classification" and y.value_counts().min() >= 2 else None
-    x_train, x_eval, y_train, y_eval = train_test_split(
-        x, y, test_size=eval_fraction, random_state=seed, stratify=stratify
+    rows, x_train, x_eval, y_train, y_eval = split_rows(
+        frame, target, task, features, eval_fraction, seed
     )
     schema = feature_schema(x_train, features)
     model = fit(schema, x_train, y_train)
@@ -170,6 +186,11 @@ def train_and_export(
     ]
     artifact.write_jsonl(out / artifact.INSTANCES_FILE, instances)
     artifact.write_jsonl(out / artifact.EXPECTED_FILE, expected)
+    row_sets = [("sample", part) for part in parts] + [
+        ("evaluation", x_eval),
+        ("generated", generated_rows(schema, GENERATED_ROWS, seed)),
+    ]
+    compiled = export_compiled(model, schema, task, out, row_sets)
     fields = model.manifest_fields()
     manifest = {
         "manifest_version": artifact.MANIFEST_VERSION,
@@ -186,9 +207,10 @@ def train_and_export(
         **fields,
         "model_file": model_file,
         "model_sha256": artifact.sha256_path(out / model_file),
+        "compiled": compiled,
         "training": {
             "data": data,
-            "rows": len(frame),
+            "rows": rows,
             "train_rows": len(x_train),
             "eval_rows": len(x_eval),
             "eval_fraction": eval_fraction,

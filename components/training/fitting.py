@@ -2,7 +2,8 @@
 
 A framework's fit step is a *fitter*: its ``make_*_fitter(task, estimator, hyperparameters,
 seed)`` checks the estimator and hyper-parameters (before any training) and returns
-``fit(schema, x_train, y_train) -> FittedModel``.
+``fit(schema, x_train, y_train) -> FittedModel``. A fitted model may also compile to an ONNX
+graph (``onnx_graph``), which the export verifies and the server prefers (``compiling``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+class NotCompilable(Exception):
+    """The fitted model has no ONNX graph: ``step`` (its path in the model, or the framework)
+    does not convert, for the reason in the message."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class FittedModel(ABC):
@@ -36,6 +46,11 @@ class FittedModel(ABC):
     @abstractmethod
     def save(self, model_dir: Path) -> str:
         """Write the model into ``model_dir``; return its file (or directory) name."""
+
+    @abstractmethod
+    def onnx_graph(self, schema: list[dict[str, Any]]) -> Any:
+        """The fitted model as an ``onnx.ModelProto`` taking one input per ``schema`` feature
+        (``serving_image/server/compiled.py``); ``NotCompilable`` when it has none."""
 
     @abstractmethod
     def manifest_fields(self) -> dict[str, Any]:

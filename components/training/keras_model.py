@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.training.fitting import FittedModel, Fitter
+from components.training.fitting import FittedModel, Fitter, NotCompilable
 from components.training.inputs import TrainingInputError
 from serving_image.server import artifact
 from serving_image.server.predictor import TENSORFLOW_MISSING_STRING, tensorflow_feed
@@ -300,6 +300,13 @@ class KerasModel(FittedModel):
             shutil.rmtree(target)
         shutil.copytree(self._saved, target)
         return artifact.TENSORFLOW_MODEL_DIR
+
+    def onnx_graph(self, schema: list[dict[str, Any]]) -> Any:
+        raise NotCompilable(
+            "framework",
+            "TensorFlow models are not compiled: the SavedModel is already one graph with its "
+            "preprocessing inside, and TensorFlow serves it",
+        )
 
     def manifest_fields(self) -> dict[str, Any]:
         import keras

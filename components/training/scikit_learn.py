@@ -1,7 +1,8 @@
 """The scikit-learn fit step: one ``Pipeline`` (ColumnTransformer + estimator) in ``model.joblib``.
 
 Numeric features: median impute, then standard scale; categorical: most-frequent impute, then
-one-hot ignoring categories unseen in training; then the named estimator.
+one-hot ignoring categories unseen in training; then the named estimator. The fitted pipeline
+also compiles to an ONNX graph where its steps convert (``onnx_graph``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from components.training.fitting import FittedModel, Fitter
 from components.training.inputs import TrainingInputError
+from components.training.onnx_graph import pipeline_graph
 from serving_image.server import artifact
 
 CLASSIFIERS = {
@@ -119,6 +121,9 @@ class SklearnModel(FittedModel):
 
         joblib.dump(self.pipeline, model_dir / artifact.MODEL_FILE)
         return artifact.MODEL_FILE
+
+    def onnx_graph(self, schema: list[dict[str, Any]]) -> Any:
+        return pipeline_graph(self.pipeline, schema)
 
     def manifest_fields(self) -> dict[str, Any]:
         import joblib

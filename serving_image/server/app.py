@@ -197,7 +197,8 @@ class ServingApp:
 
 def create_app(config: Config, runtime_dir: Path) -> ServingApp:
     """The app for one worker process; ``runtime_dir`` is shared by the container's workers."""
-    return ServingApp(config, ModelState(config.model_source, runtime_dir, config.storage_retry_s))
+    state = ModelState(config.model_source, runtime_dir, config.storage_retry_s, config.predictor)
+    return ServingApp(config, state)
 
 
 class RequestBody:

@@ -5,6 +5,9 @@ A model directory holds:
 * the model, named by the manifest's ``model_file``: ``model.joblib`` (the whole fitted
   scikit-learn ``Pipeline``, preprocessor + estimator) or ``saved_model/`` (a TensorFlow
   SavedModel directory whose graph holds the Keras preprocessing layers);
+* ``model.onnx`` beside ``model.joblib`` where the pipeline compiled and the graph was verified
+  (the manifest's ``compiled`` entry says so, with the graph's sha256, or why not; see
+  ``compiled``);
 * ``model_manifest.json``: what the server needs to know to serve it without guessing
   (framework and versions, task, feature schema, target classes, the model file's sha256);
 * ``instances_sample.jsonl``: evaluation rows and edge instances (each feature missing, an
@@ -29,6 +32,7 @@ from typing import Any
 
 MANIFEST_VERSION = 1
 MODEL_FILE = "model.joblib"
+ONNX_FILE = "model.onnx"
 TENSORFLOW_MODEL_DIR = "saved_model"
 MANIFEST_FILE = "model_manifest.json"
 INSTANCES_FILE = "instances_sample.jsonl"

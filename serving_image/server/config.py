@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .compiled import AUTO, PREDICTOR_CHOICES
 from .storage import DEFAULT_RETRY_S
 
 DEFAULT_PORT = 8080
@@ -90,6 +91,11 @@ class Config:
     """``SERVING_ACCESS_LOG``: one log line per request when true."""
     log_level: str = "info"
     """``SERVING_LOG_LEVEL``: one of ``LOG_LEVELS``."""
+    predictor: str = AUTO
+    """``SERVING_PREDICTOR``: which path answers (``compiled.PREDICTOR_CHOICES``): ``auto``
+    (the compiled graph when the export verified it and it passes the self-check, else
+    scikit-learn; a graph that fails its check is logged once and not used), ``compiled``
+    (the graph or a failed load) or ``scikit-learn``."""
 
     @property
     def model_source(self) -> str:
@@ -128,6 +134,7 @@ class Config:
             model_name=reader.text("SERVING_MODEL_NAME", DEFAULT_MODEL_NAME),
             access_log=reader.boolean("SERVING_ACCESS_LOG", False),
             log_level=reader.choice("SERVING_LOG_LEVEL", "info", LOG_LEVELS),
+            predictor=reader.choice("SERVING_PREDICTOR", AUTO, PREDICTOR_CHOICES),
         )
         if config.drain_s >= config.grace_period_s:
             raise ConfigError(

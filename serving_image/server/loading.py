@@ -11,6 +11,10 @@ creates a marker file in the shared runtime directory and logs the reason at ERR
 others (and replacement workers) log it at DEBUG. The server does not exit on a failed load
 (exiting makes Vertex restart the container in a loop that hides the reason); it keeps
 answering 503 with the reason in the health body and the log.
+
+Which path answers (the compiled graph, or the framework's predictor, and why: see
+``predictor.load_predictor``) is logged once per container the same way: at INFO, or at
+WARNING when a compiled graph failed its check and scikit-learn serves instead.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import artifact
+from .compiled import AUTO, COMPILED
 from .logs import log_fields
 from .predictor import ModelLoadError, Predictor, load_predictor
 from .storage import DEFAULT_RETRY_S, StorageError, local_model_dir
@@ -31,15 +36,24 @@ from .storage import DEFAULT_RETRY_S, StorageError, local_model_dir
 log = logging.getLogger(__name__)
 
 FAILURE_MARKER = "load-failure-reported"
+PREDICTOR_MARKER = "predictor-reported"
 
 
 class ModelState:
     """This worker's model: ``predictor`` is set once loaded, ``error`` once failed."""
 
-    def __init__(self, source: str, runtime_dir: Path, retry_s: int = DEFAULT_RETRY_S) -> None:
+    def __init__(
+        self,
+        source: str,
+        runtime_dir: Path,
+        retry_s: int = DEFAULT_RETRY_S,
+        predictor_choice: str = AUTO,
+    ) -> None:
         self.source = source
         self.runtime_dir = runtime_dir
         self.retry_s = retry_s
+        self.predictor_choice = predictor_choice
+        """Which path serves (``SERVING_PREDICTOR``, ``Config.predictor``)."""
         self.predictor: Predictor | None = None
         self.error: str | None = None
         self.manifest: dict[str, Any] | None = None
@@ -68,7 +82,7 @@ class ModelState:
         """Fetch, verify and load the model; record the predictor or the error."""
         try:
             model_dir = local_model_dir(self.source, self.runtime_dir, retry_s=self.retry_s)
-            predictor, summary = load_predictor(model_dir)
+            predictor, summary = load_predictor(model_dir, self.predictor_choice)
         except (ModelLoadError, StorageError) as exc:
             self._fail(str(exc), unexpected=None)
         except Exception as exc:  # a bug or an environment problem: keep the traceback
@@ -76,6 +90,7 @@ class ModelState:
         else:
             self.manifest = artifact.read_manifest(model_dir)
             self.predictor = predictor
+            _report_path(self.runtime_dir, summary)
             log.info("model loaded; health is now 200", extra=log_fields(**summary))
 
     def _fail(self, reason: str, unexpected: Exception | None) -> None:
@@ -88,6 +103,21 @@ class ModelState:
             exc_info=unexpected,
             extra=log_fields(model_source=self.source, error=reason),
         )
+
+
+def _report_path(runtime_dir: Path, summary: dict[str, Any]) -> None:
+    """Say which path serves and why, once per container (the other workers at DEBUG)."""
+    predictor, reason = summary["predictor"], summary["predictor_reason"]
+    if summary["fallback"]:
+        level, message = logging.WARNING, f"serving with {predictor}, not the compiled graph: "
+    else:
+        path = "the compiled graph (onnxruntime)" if predictor == COMPILED else predictor
+        level, message = logging.INFO, f"serving with {path}: "
+    log.log(
+        level if _claim(runtime_dir / PREDICTOR_MARKER) else logging.DEBUG,
+        message + reason,
+        extra=log_fields(predictor=predictor, predictor_reason=reason),
+    )
 
 
 def _claim(marker: Path) -> bool:

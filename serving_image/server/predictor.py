@@ -3,7 +3,9 @@
 The interface mirrors Vertex CPR's and KServe's ``Predictor``/``Model``: ``load``, then per
 request ``preprocess`` -> ``predict`` -> ``postprocess``. It knows nothing about HTTP, so it
 can be used in-process (the benchmark's no-HTTP limit does exactly that); the manifest's
-``framework`` picks ``SklearnPredictor`` or ``TensorFlowPredictor``.
+``framework`` picks ``SklearnPredictor`` or ``TensorFlowPredictor``, unless the export
+verified a compiled graph of the scikit-learn pipeline: then ``CompiledPredictor`` serves it
+(``SERVING_PREDICTOR``, default ``auto``), with scikit-learn as the fallback.
 
 ``load_predictor`` is the one entry point the server uses. It refuses a model whose file
 (``model.joblib``) or directory (``saved_model/``) does not hash to the manifest's
@@ -11,12 +13,13 @@ can be used in-process (the benchmark's no-HTTP limit does exactly that); the ma
 against its manifest, then runs the exported sample instances through the full request path
 and compares the answers with ``expected_predictions.jsonl``. That self-check catches library
 skew between the trainer and the serving image (a different scikit-learn that unpickles but
-predicts differently) and warms the model up before health turns 200.
+predicts differently), or a compiled graph that answers otherwise than scikit-learn, and
+warms the model up before health turns 200.
 
-numpy, pandas, scikit-learn and TensorFlow are imported inside the methods: this module is
-imported on the way to binding the port, and those imports take seconds (TensorFlow's about
-five); TensorFlow is imported only to serve a TensorFlow model, and is absent from the
-scikit-learn image.
+numpy, pandas, scikit-learn, onnxruntime and TensorFlow are imported inside the methods: this
+module is imported on the way to binding the port, and those imports take seconds
+(TensorFlow's about five); TensorFlow is imported only to serve a TensorFlow model, and is
+absent from the scikit-learn image.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import orjson
 
 from . import artifact
+from .compiled import AUTO, COMPILED, SCIKIT_LEARN, VERIFIED, CompiledGraph, GraphError
 from .logs import log_fields
 from .predictions import format_classification, format_regression, json_difference
 from .validation import PredictRequest, RequestError, Schema, parse_predict_request
@@ -40,7 +44,10 @@ from .validation import PredictRequest, RequestError, Schema, parse_predict_requ
 log = logging.getLogger(__name__)
 
 SELF_CHECK_REL_TOL = 1e-7
-"""Relative tolerance of the load-time self-check; HTTP answers themselves are exact."""
+SELF_CHECK_ABS_TOL = 1e-12
+"""Tolerances of the load-time self-check, tighter than the contract check's. The trainer
+verifies a compiled graph with the same, so a graph that ships passes both; scikit-learn's
+own answers to the sample are exact."""
 
 
 class ModelLoadError(RuntimeError):
@@ -76,7 +83,27 @@ class Predictor(ABC):
         return self.postprocess(self.predict(self.preprocess(request), request), request)
 
 
-class SklearnPredictor(Predictor):
+class TabularPredictor(Predictor):
+    """What the scikit-learn and compiled predictors share: ``predict`` gives ``(labels or
+    values, probabilities)`` as numpy arrays, each None when the request's output does not
+    use it, and ``postprocess`` turns them into the answer shape."""
+
+    task = "regression"
+    _classes: list[Any]
+
+    def postprocess(self, outputs: tuple[Any, Any], request: PredictRequest) -> list[Any]:
+        values, probabilities = outputs
+        if self.task == "regression":
+            return format_regression(values.tolist())
+        return format_classification(
+            [] if values is None else values.tolist(),
+            None if probabilities is None else probabilities.tolist(),
+            self._classes,
+            request.output,
+        )
+
+
+class SklearnPredictor(TabularPredictor):
     """A fitted scikit-learn estimator or ``Pipeline`` (preprocessor + estimator) from joblib.
 
     For a ``Pipeline`` the preprocessing steps run once per request and the final estimator
@@ -90,7 +117,6 @@ class SklearnPredictor(Predictor):
         self._transform: Any = None
         self._estimator: Any = None
         self._classes: list[Any] = []
-        self.task = "regression"
         self._numeric: dict[str, bool] = {}
 
     def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
@@ -150,16 +176,29 @@ class SklearnPredictor(Predictor):
         probabilities = None if request.output == "label" else self._estimator.predict_proba(inputs)
         return labels, probabilities
 
-    def postprocess(self, outputs: tuple[Any, Any], request: PredictRequest) -> list[Any]:
-        values, probabilities = outputs
-        if self.task == "regression":
-            return format_regression(values.tolist())
-        return format_classification(
-            [] if values is None else values.tolist(),
-            None if probabilities is None else probabilities.tolist(),
-            self._classes,
-            request.output,
-        )
+
+class CompiledPredictor(TabularPredictor):
+    """The pipeline compiled at export (``model.onnx``, see ``compiled``), run with onnxruntime
+    on arrays built straight from the request's columns: scikit-learn's answers (verified at
+    export, self-checked at load) at microseconds per call instead of milliseconds."""
+
+    _graph: CompiledGraph
+
+    def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
+        path = model_dir / manifest["compiled"]["model_file"]
+        try:
+            self._graph = CompiledGraph(path, manifest["features"], manifest["task"])
+        except GraphError as exc:
+            raise ModelLoadError(str(exc)) from None
+        self.task = manifest["task"]
+        self._classes = list(manifest.get("target_classes") or [])
+        self.schema = Schema.from_manifest(manifest)
+
+    def preprocess(self, request: PredictRequest) -> dict[str, Any]:
+        return self._graph.feed(request.columns)
+
+    def predict(self, inputs: dict[str, Any], request: PredictRequest) -> tuple[Any, Any]:
+        return self._graph.predict(inputs, request.output)
 
 
 TENSORFLOW_MISSING_STRING = ""
@@ -305,13 +344,15 @@ SKLEARN_MODULES = (
 """What unpickling a scikit-learn pipeline of ours imports, besides its estimator's module."""
 
 
-def preimport(model_source: str) -> list[str]:
+def preimport(model_source: str, choice: str = AUTO) -> list[str]:
     """Import what loading the scikit-learn model in the local directory ``model_source``
     will need, so that processes forked afterwards share it; return the modules imported.
 
     Nothing for a ``gs://`` source (not downloaded yet), another framework (TensorFlow's
-    runtime is not safe to fork once started) or a manifest it cannot read (the workers'
-    load reports why, with health at 503); only ``sklearn`` modules are taken from it.
+    runtime is not safe to fork once started), a model whose compiled graph will serve
+    (``choice``, ``SERVING_PREDICTOR``'s value: each worker imports onnxruntime itself, as it
+    starts threads when imported) or a manifest it cannot read (the workers' load reports
+    why, with health at 503); only ``sklearn`` modules are taken from it.
     """
     directory = Path(model_source)
     if model_source.startswith("gs://") or not directory.is_dir():
@@ -321,6 +362,8 @@ def preimport(model_source: str) -> list[str]:
     except artifact.ManifestError:  # the workers' load reports it, with health at 503
         return []
     if manifest["framework"] != "scikit-learn":
+        return []
+    if _why_not_compiled(manifest, choice) is None:
         return []
     estimator = str((manifest.get("estimator") or {}).get("class", ""))
     modules = list(SKLEARN_MODULES)
@@ -334,8 +377,15 @@ def preimport(model_source: str) -> list[str]:
     return imported
 
 
-def load_predictor(model_dir: Path) -> tuple[Predictor, dict[str, Any]]:
-    """Verify, load and self-check the model in ``model_dir``; return it and a load summary.
+def load_predictor(model_dir: Path, choice: str = AUTO) -> tuple[Predictor, dict[str, Any]]:
+    """Verify, load and self-check the model in ``model_dir`` on the path ``choice``
+    (``SERVING_PREDICTOR``) asks for; return it and a load summary, whose ``predictor``,
+    ``predictor_reason`` and ``fallback`` say which path serves and why.
+
+    ``auto`` serves the compiled graph when the export verified one and it passes its own
+    checks here (sha256, inputs, self-check), else the framework's predictor; a graph that
+    fails a check is a fallback (``fallback`` true, the reason kept), not a failed load.
+    ``compiled`` fails the load instead; ``scikit-learn`` never opens the graph.
 
     Raises:
         ModelLoadError: anything that makes the model unservable, with the reason.
@@ -345,48 +395,104 @@ def load_predictor(model_dir: Path) -> tuple[Predictor, dict[str, Any]]:
         manifest = artifact.read_manifest(model_dir)
     except artifact.ManifestError as exc:
         raise ModelLoadError(str(exc)) from None
-    predictor_class = PREDICTORS.get(manifest["framework"])
-    if predictor_class is None:
+    framework = manifest["framework"]
+    if framework not in PREDICTORS:
         raise ModelLoadError(
-            f"framework {manifest['framework']!r} is not served by this image; it serves "
-            f"{sorted(PREDICTORS)}"
+            f"framework {framework!r} is not served by this image; it serves {sorted(PREDICTORS)}"
         )
-    model_file = manifest["model_file"]
+    if choice == SCIKIT_LEARN and framework != SCIKIT_LEARN:
+        raise ModelLoadError(
+            f"SERVING_PREDICTOR=scikit-learn but the model is a {framework} model; unset "
+            "SERVING_PREDICTOR to serve it"
+        )
+    _check_file(model_dir, manifest)  # whichever path serves: a corrupt artifact is not served
+    reason, fallback = _why_not_compiled(manifest, choice), False
+    if reason is None:
+        graph_remedy = "re-export the model, or serve it with SERVING_PREDICTOR=scikit-learn"
+        try:
+            _check_file(model_dir, manifest["compiled"])
+            predictor = CompiledPredictor()
+            checks = _load_checked(predictor, model_dir, manifest, graph_remedy)
+        except ModelLoadError as exc:
+            if choice == COMPILED:
+                raise ModelLoadError(f"SERVING_PREDICTOR=compiled but {exc}") from None
+            reason, fallback = f"the compiled graph failed its check at load: {exc}", True
+        else:
+            reason, framework = "verified at export and by the self-check", COMPILED
+    elif choice == COMPILED:
+        raise ModelLoadError(f"SERVING_PREDICTOR=compiled but {reason}")
+    if framework != COMPILED:
+        predictor = PREDICTORS[framework]()
+        remedy = (
+            f"the serving image's libraries may differ from training's "
+            f"{manifest.get('libraries', {})}; rebuild the image with those versions"
+        )
+        checks = _load_checked(predictor, model_dir, manifest, remedy)
+    return predictor, {
+        "model_dir": str(model_dir),
+        "framework": manifest["framework"],
+        "predictor": framework,
+        "predictor_reason": reason,
+        "fallback": fallback,
+        "task": manifest["task"],
+        "features": len(manifest["features"]),
+        "self_checked_instances": checks[0],
+        "load_seconds": round(time.perf_counter() - started, 3),
+        "self_check_seconds": round(checks[1], 3),
+    }
+
+
+def _why_not_compiled(manifest: dict[str, Any], choice: str) -> str | None:
+    """Why the compiled graph is not tried (None: it is)."""
+    if choice == SCIKIT_LEARN:
+        return "SERVING_PREDICTOR=scikit-learn"
+    compiled = manifest.get("compiled")
+    if not isinstance(compiled, dict):
+        return "the model was exported without a compiled graph (by a trainer before compiling)"
+    if compiled.get("status") != VERIFIED:
+        return (
+            f"the export did not ship a compiled graph ({compiled.get('status')}: "
+            f"{compiled.get('reason')})"
+        )
+    if not all(isinstance(compiled.get(key), str) for key in ("model_file", "model_sha256")):
+        return f"the manifest's compiled entry names no model_file and model_sha256: {compiled}"
+    return None
+
+
+def _check_file(model_dir: Path, entry: dict[str, Any]) -> None:
+    """``entry``'s ``model_file`` (the manifest's, or its ``compiled`` entry's) must be in
+    ``model_dir`` and hash to its ``model_sha256``: checked before any unpickling."""
+    model_file = entry["model_file"]
     model_path = model_dir / model_file
     if Path(model_file).name != model_file or not model_path.exists():
         raise ModelLoadError(f"model file {model_file!r} not found in {model_dir}")
     actual = artifact.sha256_path(model_path)
-    if actual != manifest["model_sha256"]:
+    if actual != entry["model_sha256"]:
         raise ModelLoadError(
             f"{model_path} has sha256 {actual} but {artifact.MANIFEST_FILE} says "
-            f"{manifest['model_sha256']}: the file changed after export (corrupt or tampered "
+            f"{entry['model_sha256']}: the file changed after export (corrupt or tampered "
             "copy); refusing to unpickle or load it. Re-export or re-upload the model directory"
         )
-    predictor = predictor_class()
+
+
+def _load_checked(
+    predictor: Predictor, model_dir: Path, manifest: dict[str, Any], remedy: str
+) -> tuple[int, float]:
+    """Load ``predictor`` (its file checked) and self-check it; return the instances checked
+    and the seconds the self-check took. ``remedy`` ends a failure's message."""
     try:
         predictor.load(model_dir, manifest)
     except ModelLoadError:
         raise
     except Exception as exc:  # unpickling can raise anything (missing module, version skew)
         raise ModelLoadError(
-            f"cannot load {model_path} ({type(exc).__name__}: {exc}); the serving image's "
-            f"libraries may differ from training's {manifest.get('libraries', {})}"
+            f"cannot load the model in {model_dir} ({type(exc).__name__}: {exc}); {remedy}"
         ) from exc
     checking = time.perf_counter()
-    checked = _self_check(predictor, model_dir, manifest)
-    done = time.perf_counter()
-    return predictor, {
-        "model_dir": str(model_dir),
-        "framework": manifest["framework"],
-        "task": manifest["task"],
-        "features": len(manifest["features"]),
-        "self_checked_instances": checked,
-        "load_seconds": round(done - started, 3),
-        "self_check_seconds": round(done - checking, 3),
-    }
+    return _self_check(predictor, model_dir, remedy), time.perf_counter() - checking
 
 
-def _self_check(predictor: Predictor, model_dir: Path, manifest: dict[str, Any]) -> int:
+def _self_check(predictor: Predictor, model_dir: Path, remedy: str) -> int:
     """Predict the exported sample instances (objects, and the edge instances also as lists)
     and compare with the exported predictions."""
     sample_path = model_dir / artifact.INSTANCES_FILE
@@ -416,10 +522,12 @@ def _self_check(predictor: Predictor, model_dir: Path, manifest: dict[str, Any])
             f"{artifact.EXPECTED_FILE} has {len(expected)} rows for {len(instances)} instances"
         )
     for row, (got, want) in enumerate(zip(answers, expected, strict=True)):
-        if json_difference(want, got, rel_tol=SELF_CHECK_REL_TOL, abs_tol=1e-12) is not None:
+        if (
+            json_difference(want, got, rel_tol=SELF_CHECK_REL_TOL, abs_tol=SELF_CHECK_ABS_TOL)
+            is not None
+        ):
             raise ModelLoadError(
                 f"self-check failed on sample instance {row}: predicted {got}, exported "
-                f"{want}. The serving image's libraries differ from training's "
-                f"({manifest.get('libraries', {})}); rebuild the image with those versions"
+                f"{want}; {remedy}"
             )
     return len(answers)

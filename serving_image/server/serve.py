@@ -140,7 +140,7 @@ class ServingApplication(BaseApplication):
     def when_ready(self, arbiter: Arbiter) -> None:
         """Listening already: import what the workers' model needs before forking them."""
         started = time.monotonic()
-        modules = preimport(self.config.model_source)
+        modules = preimport(self.config.model_source, self.config.predictor)
         if modules:
             seconds = round(time.monotonic() - started, 3)
             extra = log_fields(modules=modules, seconds=seconds)

@@ -224,7 +224,11 @@ def test_health_is_not_serving_while_the_model_loads_and_watch_streams_serving(
 ) -> None:
     instances, expected, features = sample
     model_dir, gate = gated_copy(penguins_model_dir, tmp_path)
-    server = start_server(model_dir, with_grpc(SERVING_WORKERS="1", SERVING_LOAD_WAIT_S="0"))
+    server = start_server(
+        model_dir,
+        # scikit-learn's path: the gate is in model.joblib, which the compiled graph never reads
+        with_grpc(SERVING_WORKERS="1", SERVING_LOAD_WAIT_S="0", SERVING_PREDICTOR="scikit-learn"),
+    )
     one = request_from_instances(instances[:1], features)
     with connect(grpc_target(server)) as channel:
         stub = inference(channel)

@@ -28,12 +28,17 @@ def test_kfp_local_run_writes_the_model_directory(kfp_run: dict) -> None:
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
         [
             artifact.MODEL_FILE,
+            artifact.ONNX_FILE,
             artifact.MANIFEST_FILE,
             artifact.INSTANCES_FILE,
             artifact.EXPECTED_FILE,
         ]
     )
     manifest = artifact.read_manifest(model_dir)
+    assert manifest["compiled"]["status"] == "verified"
+    assert manifest["compiled"]["model_sha256"] == artifact.sha256_file(
+        model_dir / artifact.ONNX_FILE
+    )
     assert manifest["framework"] == "scikit-learn"
     assert manifest["task"] == "classification"
     assert manifest["target"] == "species"

@@ -58,6 +58,8 @@ def test_the_model_directory_holds_a_saved_model_and_its_manifest(
     assert kfp_run["model"].metadata["model_sha256"] == manifest["model_sha256"]
     assert set(manifest["libraries"]) >= {"tensorflow", "keras", "numpy"}
     assert manifest["framework_version"] == manifest["libraries"]["tensorflow"]
+    assert manifest["compiled"]["status"] == "not_compiled"
+    assert manifest["compiled"]["reason"].startswith("TensorFlow models are not compiled")
     assert manifest["target_classes"] == ["Adelie", "Chinstrap", "Gentoo"]
     assert [f["name"] for f in manifest["features"]] == FEATURES
     assert manifest["estimator"]["name"] == "mlp"
@@ -133,7 +135,7 @@ def test_the_server_serves_the_tensorflow_model_over_http(model_dir: Path, start
     assert device["device"] == "CPU"
     assert sum("runs the model on" in e["message"] for e in server.logs()) == 1
     loaded = server.wait_for_log(lambda e: e["message"].startswith("model loaded"))
-    assert loaded["framework"] == "tensorflow"
+    assert loaded["framework"] == loaded["predictor"] == "tensorflow"
     assert loaded["self_checked_instances"] == len(artifact.read_sample(model_dir)[0])
 
     instances = artifact.read_jsonl(model_dir / artifact.INSTANCES_FILE)
