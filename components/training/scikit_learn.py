@@ -1,7 +1,9 @@
 """The scikit-learn fit step: one ``Pipeline`` (ColumnTransformer + estimator) in ``model.joblib``.
 
-Numeric features: median impute, then standard scale; categorical: most-frequent impute, then
-one-hot ignoring categories unseen in training; then the named estimator. The fitted pipeline
+Numeric features: median impute, then standard scale; categorical: one-hot ignoring categories
+unseen in training, a missing value (``None``) being a category of its own (the most-frequent
+imputer in front replaces only NaN, which neither the trainer nor the server passes); then the
+named estimator. The fitted pipeline
 also compiles to an ONNX graph where its steps convert (``onnx_graph``).
 """
 
