@@ -6,7 +6,9 @@
 # Idempotent; for a Debian/Ubuntu workstation and for CI (root there). Steps, each timed:
 #
 #   tools   curl, with which the tests call a running image as users do.
-#   engine  If docker or podman already works (`info` + a tiny `run`), use it and change nothing.
+#   engine  If docker or podman already works (`info`, a tiny `run`, and for docker a BuildKit
+#           build with secret and cache mounts, which serving_image/Dockerfile needs: a docker
+#           CLI from 23.0 on without the buildx plugin fails it), use it and change nothing.
 #           Otherwise apt-install podman (+ runc, conmon, netavark, aardvark-dns, iptables,
 #           catatonit, fuse-overlayfs, ...; --no-install-recommends), write a containers.conf
 #           drop-in for this host (runc on cgroup v1/hybrid hosts, where crun fails with
@@ -14,6 +16,10 @@
 #           systemd/journald; default ulimits within the host's hard limits, since podman's
 #           default of ~1M fails without CAP_SYS_RESOURCE) and verify `run`, `--init`,
 #           `-p` port publishing and `build` with a 2 MB busybox image made from the host.
+#           With TRAIN_TO_SERVE_ENGINE_SETUP=docker: Debian's docker.io instead (apt-installed
+#           when there is no dockerd; its 20.10 CLI has BuildKit built in), dockerd started in
+#           the background where no init system starts it (log: TRAIN_TO_SERVE_DOCKERD_LOG),
+#           waited for, and the first docker CLI on PATH that builds chosen (printed as a path).
 #   base    The image the serving image builds FROM (its BASE_IMAGE build argument):
 #           docker.io/library/python:3.11-slim when it is present or can be pulled within
 #           TRAIN_TO_SERVE_PULL_TIMEOUT; else localhost/train-to-serve-python:3.11, built once
@@ -21,7 +27,8 @@
 #           ca-certificates + security updates, slimmed, a venv at /opt/venv on PATH so that
 #           `python` and `pip` work as in python:3.11-slim, with a current pip from PyPI in
 #           place of Debian's 23.0.1 when PyPI can be reached). It is reused while its
-#           io.train-to-serve.base-recipe label equals BASE_RECIPE below.
+#           io.train-to-serve.base-recipe label equals BASE_RECIPE below. For docker, podman's
+#           copy of it is loaded (podman save | docker load) when podman has the current one.
 #
 # Usage:   scripts/setup-container-engine.sh            (root, or a user with password-less sudo)
 #          eval "$(scripts/setup-container-engine.sh)"  (also exports the two variables below)
@@ -34,6 +41,10 @@
 #
 # Settings (environment; defaults in brackets):
 #   TRAIN_TO_SERVE_CONTAINER_ENGINE [auto: docker, then podman]  use only this engine
+#   TRAIN_TO_SERVE_ENGINE_SETUP     [podman]  what to set up when none works; docker = set up
+#                                   Debian's docker.io and use docker even if podman works
+#   TRAIN_TO_SERVE_DOCKERD_LOG      [/var/log/train-to-serve-dockerd.log]  dockerd started here
+#   TRAIN_TO_SERVE_DOCKERD_TIMEOUT  [60]  seconds to wait for dockerd to answer
 #   TRAIN_TO_SERVE_BASE_IMAGE       [auto]  use this base image as is (pulled if missing)
 #   TRAIN_TO_SERVE_REGISTRY_BASE    [docker.io/library/python:3.11-slim]
 #   TRAIN_TO_SERVE_LOCAL_BASE       [localhost/train-to-serve-python:3.11]
@@ -56,6 +67,9 @@ export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 LANG=C.UTF-8
 umask 022
 
 ENGINE_CHOICE=${TRAIN_TO_SERVE_CONTAINER_ENGINE:-}
+ENGINE_SETUP=${TRAIN_TO_SERVE_ENGINE_SETUP:-podman}
+DOCKERD_LOG=${TRAIN_TO_SERVE_DOCKERD_LOG:-/var/log/train-to-serve-dockerd.log}
+DOCKERD_TIMEOUT=${TRAIN_TO_SERVE_DOCKERD_TIMEOUT:-60}
 BASE_CHOICE=${TRAIN_TO_SERVE_BASE_IMAGE:-}
 REGISTRY_BASE=${TRAIN_TO_SERVE_REGISTRY_BASE:-docker.io/library/python:3.11-slim}
 LOCAL_BASE=${TRAIN_TO_SERVE_LOCAL_BASE:-localhost/train-to-serve-python:3.11}
@@ -183,7 +197,26 @@ engine_works() {
   if ! out=$(timeout 60 "$e" run --rm --network none "$SMOKE_IMAGE" /bin/true 2>&1); then
     WHY="$e run failed: $(tail -n 3 <<<"$out" | tr '\n' ' ')"; return 1
   fi
+  if [[ ${e##*/} == docker* ]]; then docker_builds "$e" || return 1; fi
   return 0
+}
+
+# docker_builds CLI: 0 when CLI builds with BuildKit secret and cache mounts; else sets WHY.
+# The check of components/runners/engine.py (BUILD_CHECK_DOCKERFILE): the mounts are parsed, not
+# run, so nothing is pulled and the result is the same empty image every time.
+docker_builds() {
+  local cli=$1 ctx out
+  ctx=$(mktemp -d "${TMPDIR:-/tmp}/tts-build-check.XXXXXX")
+  printf 'FROM scratch AS mounts\nRUN --mount=type=secret,id=check --mount=type=cache,target=/cache true\nFROM scratch\n' \
+    > "$ctx/Dockerfile"
+  : > "$ctx/secret"
+  if out=$(DOCKER_BUILDKIT=1 timeout 60 "$cli" build -q -t localhost/train-to-serve-build-check:1 \
+      --secret "id=check,src=$ctx/secret" "$ctx" 2>&1); then
+    rm -rf "$ctx"; return 0
+  fi
+  rm -rf "$ctx"
+  WHY="$cli answers but cannot build with BuildKit secret and cache mounts: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
+  return 1
 }
 
 # --------------------------------------------------------------- engine --
@@ -212,6 +245,64 @@ step_engine() {
   step "engine: podman config" configure_podman
   ENGINE=${ENGINE_CHOICE:-podman}
   step "engine: verify" verify_podman
+}
+
+# TRAIN_TO_SERVE_ENGINE_SETUP=docker: Debian's docker.io, its daemon running, and the first
+# docker CLI on PATH that builds (a newer one without buildx may come before /usr/bin/docker).
+step_docker_engine() {
+  if [[ -n $ENGINE_CHOICE && ${ENGINE_CHOICE##*/} != docker* ]]; then
+    fail "TRAIN_TO_SERVE_ENGINE_SETUP=docker but TRAIN_TO_SERVE_CONTAINER_ENGINE=$ENGINE_CHOICE" \
+      "the two ask for different engines" "unset one of them"
+  fi
+  command -v dockerd >/dev/null 2>&1 || step "engine: apt packages" apt_install docker.io
+  step "engine: dockerd" ensure_dockerd
+  local candidates=() reasons=() cli
+  if [[ -n $ENGINE_CHOICE ]]; then candidates=("$ENGINE_CHOICE")
+  else mapfile -t candidates < <(type -ap docker | awk '!seen[$0]++')
+  fi
+  for cli in "${candidates[@]}"; do
+    if engine_works "$cli"; then
+      ENGINE=$cli
+      log "engine: $cli works and builds ($(engine_version))"
+      return 0
+    fi
+    reasons+=("$WHY")
+    log "engine: $WHY"
+  done
+  fail "no docker CLI here builds serving_image/Dockerfile (BuildKit secret and cache mounts)" \
+    "${reasons[*]:-no docker CLI on PATH}" \
+    "install Docker's buildx plugin (https://docs.docker.com/go/buildx/), or name Debian's docker.io CLI in TRAIN_TO_SERVE_CONTAINER_ENGINE=/usr/bin/docker; or set up podman instead (unset TRAIN_TO_SERVE_ENGINE_SETUP)"
+}
+
+dockerd_answers() { timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+# Start the docker daemon where nothing has: systemd where it runs, else dockerd in the
+# background in its own session (its output in $DOCKERD_LOG); then wait until it answers.
+ensure_dockerd() {
+  local pid
+  if dockerd_answers; then log "dockerd: answers"; return 0; fi
+  need_root "start dockerd"
+  if [[ -d /run/systemd/system ]]; then
+    log "dockerd: systemctl start docker"
+    as_root systemctl start docker ||
+      fail "systemctl start docker failed" "see 'systemctl status docker'" "journalctl -u docker shows why"
+  elif pid=$(cat /var/run/docker.pid 2>/dev/null) && [[ -d /proc/$pid ]]; then
+    log "dockerd: already starting (pid $pid)"
+  else
+    log "dockerd: starting it in the background (no init system does here); log: $DOCKERD_LOG"
+    # Not holding this script's lock (fd 9), which would keep every later run waiting.
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    as_root bash -c 'setsid -f dockerd >>"$1" 2>&1 </dev/null 9>&-' _ "$DOCKERD_LOG"
+  fi
+  local deadline=$((SECONDS + DOCKERD_TIMEOUT))
+  until dockerd_answers; do
+    ((SECONDS < deadline)) || fail "dockerd did not answer within ${DOCKERD_TIMEOUT}s" \
+      "it failed to start (storage driver, iptables, or another dockerd holding /var/run/docker.pid)" \
+      "read $DOCKERD_LOG; raise TRAIN_TO_SERVE_DOCKERD_TIMEOUT if it is only slow" \
+      "$(as_root tail -n 20 "$DOCKERD_LOG" 2>/dev/null)"
+    sleep 0.5
+  done
+  log "dockerd: answers"
 }
 
 engine_version() {
@@ -418,11 +509,26 @@ step_base() {
   have=$(eng image inspect --format "{{index .Config.Labels \"$BASE_LABEL\"}}" "$LOCAL_BASE" 2>/dev/null || true)
   if [[ $have == "$BASE_RECIPE" && $REBUILD_BASE != 1 ]]; then
     log "base: reusing $LOCAL_BASE (recipe $BASE_RECIPE)"
+  elif [[ $REBUILD_BASE != 1 ]] && copy_base_from_podman; then
+    log "base: loaded podman's $LOCAL_BASE (recipe $BASE_RECIPE) into $ENGINE"
   else
     [[ -n $have ]] && log "base: $LOCAL_BASE has recipe '$have', want '$BASE_RECIPE' (or rebuild asked): rebuilding"
     build_local_base
   fi
   BASE=$LOCAL_BASE BASE_WHY="built locally from Debian packages; $REGISTRY_BASE cannot be pulled"
+}
+
+# docker: load podman's copy of the local base when it has the current recipe (seconds, where
+# building it again takes a minute).
+copy_base_from_podman() {
+  [[ ${ENGINE##*/} == docker* ]] && command -v podman >/dev/null 2>&1 || return 1
+  local have out
+  have=$(podman image inspect --format "{{index .Config.Labels \"$BASE_LABEL\"}}" "$LOCAL_BASE" 2>/dev/null) || return 1
+  [[ $have == "$BASE_RECIPE" ]] || return 1
+  log "base: podman save $LOCAL_BASE | $ENGINE load"
+  out=$({ timeout 600 podman save "$LOCAL_BASE" | ENGINE_TIMEOUT=600 eng load; } 2>&1) && return 0
+  log "base: loading podman's copy failed ($(tail -n 1 <<<"$out")); building it instead"
+  return 1
 }
 
 # Unmount whatever is still mounted below DIR (a failed chroot step), then delete it.
@@ -563,13 +669,18 @@ main() {
   log "start (uid $(id -u), $(sed -n 's/^PRETTY_NAME=//p' /etc/os-release 2>/dev/null | tr -d '"'))"
   # The container tests also talk to images as curl does (tests/reliability/test_image.py).
   step "tools: apt packages" apt_install curl
-  step engine step_engine
+  case $ENGINE_SETUP in
+    podman) step engine step_engine ;;
+    docker) step engine step_docker_engine ;;
+    *) fail "TRAIN_TO_SERVE_ENGINE_SETUP=$ENGINE_SETUP is not an engine this script sets up" \
+         "a typo" "use docker, or leave it unset (podman)" ;;
+  esac
   step "base (total)" step_base
   step "base: check" check_base
   log "timings:"
   printf '    %s\n' "${TIMINGS[@]}" >&2
   log "ready: engine $(engine_version); base image $BASE ($BASE_WHY)"
-  log "the project finds both by itself; to pin them: TRAIN_TO_SERVE_CONTAINER_ENGINE=$ENGINE TRAIN_TO_SERVE_BASE_IMAGE=$BASE"
+  log "the project detects its own (a docker that builds, else podman); to pin these: TRAIN_TO_SERVE_CONTAINER_ENGINE=$ENGINE TRAIN_TO_SERVE_BASE_IMAGE=$BASE"
   printf 'export TRAIN_TO_SERVE_CONTAINER_ENGINE=%s\nexport TRAIN_TO_SERVE_BASE_IMAGE=%s\n' "$ENGINE" "$BASE"
 }
 main "$@"

@@ -30,7 +30,7 @@ from components.imaging.context import assemble_build_context
 from components.imaging.names import local_image_name
 from components.imaging.plan import DEFAULT_IMAGE_NAME, BuiltImage, default_tag, prepare
 from components.runners import PROCESS, Engine, ProcessRunner, detect_runner
-from components.runners.engine import SETUP_HINT, child_env, normalise_id
+from components.runners.engine import BUILDKIT_FIX, SETUP_HINT, child_env, normalise_id
 from serving_image.server import artifact
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,11 @@ CA_SECRET_ID = "ca"
 OUTPUT_LINES = 60
 """Build output lines kept for an error message."""
 
-_STEP_RE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+/\d+: |^#\d+ \[[^\]]+\] ")
+_STEP_RE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+/\d+: |^(#\d+) \[[^\]]+\] ")
+"""A step's first line: podman's ``STEP 3/9: RUN ...``, BuildKit's ``#7 [stage 3/9] RUN ...``."""
+_BUILDKIT_ERROR_RE = re.compile(r"^(#\d+) ERROR")
+"""BuildKit's line for the step that failed (``#7 ERROR: ...``): its steps run in parallel, so
+the last step line seen may be another stage's."""
 
 
 class BuildError(RuntimeError):
@@ -129,15 +133,13 @@ def build(
         if not ca.is_file():
             raise BuildError(f"CA bundle {ca} does not exist (set {CA_BUNDLE_ENV} or pass None)")
         args += ["--secret", f"id={CA_SECRET_ID},src={ca}"]
-    env: dict[str, str] = {}
     if engine.name == "docker":
-        env["DOCKER_BUILDKIT"] = "1"  # RUN --mount and --secret need BuildKit
-        args += ["--progress=plain"]
+        args += ["--progress=plain"]  # BuildKit's step lines, one per line, as podman prints
     with tempfile.TemporaryDirectory(prefix="tts-build-") as scratch:
         iidfile = Path(scratch) / "iid"
         args += ["--iidfile", str(iidfile), *extra_args, str(context)]
         started = time.monotonic()
-        rc, step, tail, steps, cached = _stream(engine, args, env, on_line, timeout)
+        rc, step, tail, steps, cached = _stream(engine, args, engine.build_env, on_line, timeout)
         seconds = time.monotonic() - started
         if rc != 0:
             raise BuildError(
@@ -160,11 +162,12 @@ def _stream(
     on_line: Callable[[str], None] | None,
     timeout: float,
 ) -> tuple[int, str, str, int, int]:
-    """Run a command, feeding each output line to ``on_line``; return (rc, last step line,
-    output tail, steps seen, cached steps)."""
+    """Run a command, feeding each output line to ``on_line``; return (rc, the failing step's
+    line (else the last step line), output tail, steps seen, cached steps)."""
     emit = on_line or (lambda line: logger.debug("%s", line))
     tail: deque[str] = deque(maxlen=OUTPUT_LINES)
-    step, steps, cached = "", 0, 0
+    step, failed, steps, cached = "", "", 0, 0
+    buildkit_steps: dict[str, str] = {}  # "#7" -> its step line
     deadline = time.monotonic() + timeout
     with subprocess.Popen(
         [engine.path, *args],
@@ -180,8 +183,12 @@ def _stream(
         for raw in proc.stdout:
             line = raw.rstrip("\n")
             tail.append(line)
-            if _STEP_RE.search(line):
+            if started := _STEP_RE.search(line):
                 step, steps = line, steps + 1
+                if started.group(1):
+                    buildkit_steps[started.group(1)] = line
+            elif (error := _BUILDKIT_ERROR_RE.search(line)) and not failed:
+                failed = buildkit_steps.get(error.group(1), "")
             if "Using cache" in line or line.endswith(" CACHED"):
                 cached += 1
             emit(line)
@@ -195,7 +202,7 @@ def _stream(
             proc.kill()
             rc = proc.wait()
             tail.append(f"[killed: the build ran longer than {timeout:.0f} s]")
-    return rc, step, "\n".join(tail), steps, cached
+    return rc, failed or step, "\n".join(tail), steps, cached
 
 
 _BASE_CACHE: dict[tuple[str, str], str] = {}
@@ -302,8 +309,8 @@ def _build_failure_message(
             "pip cannot find a pinned requirement for the base image's Python; check "
             "serving_image/requirements.txt against Python 3.11"
         )
-    if "--secret" in tail and "BuildKit" in tail:
-        hints.append("docker needs BuildKit for --secret (Docker 23+, or DOCKER_BUILDKIT=1)")
+    if "buildx component is missing" in tail or "unknown flag: --secret" in tail:
+        hints.append(f"this docker cannot build with BuildKit; {BUILDKIT_FIX}")
     if "no space left" in tail.lower():
         hints.append(f"the disk is full: free space, e.g. `{engine} image prune`")
     message = (

@@ -5,8 +5,10 @@ No kfp here: the CLI is the measured path (kfp's DockerRunner over podman's Dock
 socket is not reliable), and this module only needs the standard library.
 
 * ``detect_engine()`` finds a working engine: ``TRAIN_TO_SERVE_CONTAINER_ENGINE`` (``docker``,
-  ``podman`` or a path) if set, else docker, then podman. When none works the error names what
-  was tried, why each failed, and the fix (``scripts/setup-container-engine.sh``).
+  ``podman`` or a path) if set, else docker, then podman. Working means it answers and can
+  build what our Dockerfiles need (BuildKit secret and cache mounts): a docker CLI from 23.0 on
+  without the buildx plugin answers but cannot build, and is passed over with the reason
+  logged. When none works the error names what was tried, why each failed, and the fix.
 * ``Engine.start(spec, host_port)`` runs a ``ServerSpec`` detached, its port published on
   ``127.0.0.1:host_port``, and returns a ``Container`` (``runners.base.RunningServer``):
   ``wait_until_serving()``, ``logs()``, ``exec()``, ``state()``, ``stop(timeout)`` (SIGTERM,
@@ -33,12 +35,13 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from components.runners import base
 from components.runners.http import free_local_port
@@ -47,13 +50,31 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("docker", "podman")
 """Engines tried, in this order, when ``TRAIN_TO_SERVE_CONTAINER_ENGINE`` is not set."""
+SETUP_SCRIPT = "scripts/setup-container-engine.sh"
 SETUP_HINT = (
-    "run scripts/setup-container-engine.sh from the repository root (as root, or as a user "
+    f"run {SETUP_SCRIPT} from the repository root (as root, or as a user "
     "with sudo) to install and configure podman and the base image; or start Docker"
 )
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LABEL = "io.train-to-serve.managed"
 """Label put on containers started here (``podman ps -a --filter label=...`` finds leftovers)."""
+BUILDKIT_FIX = (
+    "give docker a BuildKit builder: install Docker's buildx plugin "
+    "(https://docs.docker.com/go/buildx/; the package docker-buildx-plugin from Docker's "
+    "repository, docker-buildx on recent Debian and Ubuntu), or name a docker CLI with BuildKit "
+    "built in (Docker 20.10, e.g. Debian 12's docker.io: TRAIN_TO_SERVE_ENGINE_SETUP=docker "
+    f"{SETUP_SCRIPT}) in {base.ENGINE_ENV}; or use podman ({SETUP_SCRIPT} sets it up)"
+)
+"""How to fix a docker that answers but cannot build our Dockerfiles."""
+BUILD_CHECK_DOCKERFILE = """\
+FROM scratch AS mounts
+RUN --mount=type=secret,id=check --mount=type=cache,target=/cache true
+FROM scratch
+"""
+"""What docker's build check builds: the builder parses the serving Dockerfile's mount kinds (a
+build secret, a cache) but runs nothing, as the empty last stage does not need the first, so
+nothing is pulled and the result is the same empty image every time."""
+BUILD_CHECK_TAG = "localhost/train-to-serve-build-check:1"
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -129,6 +150,12 @@ class Engine(base.ServerRunner):
     def reference(self) -> str:
         """The engine's path."""
         return self.path
+
+    @property
+    def build_env(self) -> dict[str, str]:
+        """Environment a build needs: docker's ``RUN --mount`` and ``--secret`` need BuildKit
+        (podman's buildah has them without asking)."""
+        return {"DOCKER_BUILDKIT": "1"} if self.name == "docker" else {}
 
     # ------------------------------------------------------------------ images --
     def image_exists(self, ref: str) -> bool:
@@ -486,18 +513,27 @@ def detect_engine(name: str | None = None, *, refresh: bool = False) -> Engine:
 @functools.lru_cache(maxsize=8)
 def _detect(requested: str | None, _path: str) -> Engine:
     candidates = [requested] if requested else list(ENGINES)
-    reasons = []
+    probes = []
     for candidate in candidates:
-        engine, why = _probe(candidate)
-        if engine is not None:
+        probe = _probe(candidate)
+        if probe.engine is not None:
+            engine = probe.engine
             logger.debug("container engine: %s %s (%s)", engine.name, engine.version, engine.path)
+            passed_over = [p.why for p in probes if p.installed]
+            if passed_over:  # installed but unusable: say why the next one is used
+                logger.warning(
+                    "container engine: %s (%s); passed over: %s",
+                    engine.name,
+                    engine.path,
+                    "; ".join(passed_over),
+                )
             return engine
-        reasons.append(why)
+        probes.append(probe)
     raise base.RunnerNotFoundError(
         "no working container engine. Tried"
         + (f" only {requested!r} (the one requested)" if requested else "")
         + ":\n  - "
-        + "\n  - ".join(reasons)
+        + "\n  - ".join(p.why for p in probes)
         + f"\nFix: {SETUP_HINT}."
         + (
             f" Or unset {base.ENGINE_ENV} to let the project choose."
@@ -507,10 +543,21 @@ def _detect(requested: str | None, _path: str) -> Engine:
     )
 
 
-def _probe(candidate: str) -> tuple[Engine | None, str]:
+class Probe(NamedTuple):
+    """One candidate engine tried by ``detect_engine``."""
+
+    engine: Engine | None
+    """The engine, when it works."""
+    why: str = ""
+    """Why it does not work, and the fix where one is known."""
+    installed: bool = True
+    """False when it is not on PATH at all."""
+
+
+def _probe(candidate: str) -> Probe:
     path = _which(candidate)
     if path is None:
-        return None, f"{candidate}: not found on PATH"
+        return Probe(None, f"{candidate}: not found on PATH", installed=False)
     kind = "podman" if "podman" in Path(path).name else "docker"
     if kind == "podman":
         args = ["info", "--format", "{{.Version.Version}}"]
@@ -527,13 +574,51 @@ def _probe(candidate: str) -> tuple[Engine | None, str]:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"{candidate} ({path}): `{' '.join(args[:1])}` failed: {exc}"
+        return Probe(None, f"{candidate} ({path}): `{' '.join(args[:1])}` failed: {exc}")
     version = proc.stdout.strip()
     if proc.returncode != 0 or not version:
         why = base.tail_lines(proc.stderr or proc.stdout, 3).replace("\n", " ")
         why = why or f"exit {proc.returncode}"
-        return None, f"{candidate} ({path}): `{candidate} {args[0]}` failed: {why}"
-    return Engine(name=kind, path=path, version=version), ""
+        return Probe(None, f"{candidate} ({path}): `{candidate} {args[0]}` failed: {why}")
+    engine = Engine(name=kind, path=path, version=version)
+    failure = _build_failure(engine)
+    if failure:
+        return Probe(
+            None,
+            f"{candidate} ({path}, server {version}) answers but cannot build with BuildKit "
+            f"secret and cache mounts, which serving_image/Dockerfile needs: {failure}. "
+            f"Fix: {BUILDKIT_FIX}",
+        )
+    return Probe(engine)
+
+
+def _build_failure(engine: Engine) -> str:
+    """Why ``engine`` cannot build what our Dockerfiles need, or ``""`` when it can.
+
+    podman builds with buildah in its own process, which has every mount kind they use.
+    docker hands builds to BuildKit, which may be missing: built into the 20.10 CLI, the buildx
+    plugin from 23.0 on, and refused by a daemon without it (podman's Docker-compatible
+    socket). So docker builds ``BUILD_CHECK_DOCKERFILE`` for real (under 0.1 s).
+    """
+    if engine.name != "docker":
+        return ""
+    with tempfile.TemporaryDirectory(prefix="tts-build-check-") as scratch:
+        context = Path(scratch)
+        (context / "Dockerfile").write_text(BUILD_CHECK_DOCKERFILE)
+        secret = context / "secret"
+        secret.write_text("")
+        args = ["build", "-q", "-t", BUILD_CHECK_TAG, "--secret", f"id=check,src={secret}"]
+        try:
+            proc = engine.command(
+                *args, str(context), check=False, timeout=60, env=engine.build_env
+            )
+        except base.RunnerError as exc:  # timed out
+            return str(exc)
+    if proc.returncode == 0:
+        return ""
+    return base.tail_lines(proc.stderr or proc.stdout, 4).replace("\n", " ") or (
+        f"`docker build` exit {proc.returncode}"
+    )
 
 
 def _run_hint(stderr: str) -> str:

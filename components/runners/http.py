@@ -118,12 +118,27 @@ def send(
     return exchange
 
 
+PROXY_CLOSE_S = 0.2
+"""How long a new connection must stay open to count as accepted by the server itself."""
+
+
 def tcp_accepts(base_url: str, timeout_s: float = 1.0) -> bool:
-    """Whether a TCP connection to the base URL's host and port succeeds."""
+    """Whether a server accepts TCP connections on the base URL's host and port: a connection
+    succeeds and is not closed by the far end, with nothing sent, within ``PROXY_CLOSE_S``.
+
+    A connect alone proves nothing behind docker's userland proxy (``docker-proxy``, which
+    publishes a container's port on 127.0.0.1): it accepts every connection itself and closes
+    it within milliseconds when nothing listens in the container. A server waits for the
+    request instead, so the connection stays open (or it speaks first).
+    """
     try:
-        with socket.create_connection(split_url(base_url), timeout=timeout_s):
-            return True
-    except OSError:
+        with socket.create_connection(split_url(base_url), timeout=timeout_s) as conn:
+            conn.settimeout(PROXY_CLOSE_S)
+            try:
+                return conn.recv(1) != b""
+            except TimeoutError:  # still open and quiet: the server waits for a request
+                return True
+    except OSError:  # refused, reset, or no connection in time
         return False
 
 
