@@ -17,8 +17,8 @@ endpoint's ``grpc_port``, and stops it with them:
   ``x-vertex-ai-model-version-id`` of the model that answered;
 * a call that ends ``UNAVAILABLE`` (or grpcio's transport ``INTERNAL``) before any message
   came back (the model refused or dropped the connection, or could not take the call) is sent
-  once more, with the messages so far, to another model (``Router.fallback``), as the HTTP side resends a request nothing answered; a
-  call aimed at one model is not;
+  once more, with the messages so far, to another model (``Router.fallback``), as the HTTP
+  side resends a request nothing answered; a call aimed at one model is not;
 * the router's own answers: ``UNAVAILABLE`` when no model with a share serves gRPC (or the one
   named serves none), ``NOT_FOUND`` for an unknown deployed model or another endpoint's
   ``x-vertex-ai-endpoint-id``, each with ``x-local-router-error`` naming the case in the

@@ -47,6 +47,12 @@ def export_compiled(
         graph = model.onnx_graph(schema)
     except NotCompilable as exc:
         return {"status": NOT_COMPILED, "step": exc.step, "reason": str(exc)}
+    except ImportError as exc:  # a trainer without the project's dependencies (skl2onnx, onnx)
+        return {
+            "status": NOT_COMPILED,
+            "reason": f"the ONNX converter is not installed ({exc}); install skl2onnx, onnx "
+            "and onnxruntime (the project's dependencies) to compile",
+        }
     path.write_bytes(graph.SerializeToString())
     entry: dict[str, Any] = {"converter": _versions(), "opsets": _opsets(graph)}
     try:

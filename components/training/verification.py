@@ -21,7 +21,7 @@ from typing import Any
 from components.training.fitting import FittedModel
 from components.training.inputs import json_value
 from serving_image.server.compiled import MISSING_STRING, UNSEEN_STRING, CompiledGraph
-from serving_image.server.predictor import SELF_CHECK_ABS_TOL, SELF_CHECK_REL_TOL
+from serving_image.server.predictions import SELF_CHECK_ABS_TOL, SELF_CHECK_REL_TOL
 
 GENERATED_ROWS = 500
 MISSING_SHARE = 0.2

@@ -21,6 +21,12 @@ from typing import Any
 
 OUTPUTS = ("both", "label", "probabilities")
 DEFAULT_OUTPUT = "both"
+SELF_CHECK_REL_TOL = 1e-7
+SELF_CHECK_ABS_TOL = 1e-12
+"""Tolerances of the server's load-time self-check, tighter than the contract check's. The
+trainer verifies a compiled graph with the same, so a graph that ships passes both;
+scikit-learn's own answers to the sample are exact. (Here, beside ``json_difference``, so
+that the trainer reads them without the server's dependencies.)"""
 
 
 def format_classification(

@@ -38,16 +38,16 @@ import orjson
 from . import artifact
 from .compiled import AUTO, COMPILED, SCIKIT_LEARN, VERIFIED, CompiledGraph, GraphError
 from .logs import log_fields
-from .predictions import format_classification, format_regression, json_difference
+from .predictions import (
+    SELF_CHECK_ABS_TOL,
+    SELF_CHECK_REL_TOL,
+    format_classification,
+    format_regression,
+    json_difference,
+)
 from .validation import PredictRequest, RequestError, Schema, parse_predict_request
 
 log = logging.getLogger(__name__)
-
-SELF_CHECK_REL_TOL = 1e-7
-SELF_CHECK_ABS_TOL = 1e-12
-"""Tolerances of the load-time self-check, tighter than the contract check's. The trainer
-verifies a compiled graph with the same, so a graph that ships passes both; scikit-learn's
-own answers to the sample are exact."""
 
 
 class ModelLoadError(RuntimeError):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving_image.server.predictions import json_difference
-from serving_image.server.predictor import SELF_CHECK_ABS_TOL, SELF_CHECK_REL_TOL
+from serving_image.server.predictions import SELF_CHECK_ABS_TOL, SELF_CHECK_REL_TOL, json_difference
 
 
 def answer_difference(expected: Any, actual: Any) -> str | None:

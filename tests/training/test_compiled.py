@@ -24,10 +24,12 @@ from components.training.inputs import json_value
 from components.training.verification import GENERATED_ROWS, generated_rows
 from serving_image.server import artifact
 from serving_image.server.compiled import MISSING_STRING, CompiledGraph
-from serving_image.server.predictions import json_difference
-from serving_image.server.predictor import (
+from serving_image.server.predictions import (
     SELF_CHECK_ABS_TOL,
     SELF_CHECK_REL_TOL,
+    json_difference,
+)
+from serving_image.server.predictor import (
     SklearnPredictor,
     load_predictor,
 )
