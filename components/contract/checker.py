@@ -48,7 +48,6 @@ from components.contract.sample import (
 )
 from components.contract.settings import CheckSettings, ServerObserver, ServerWatch
 from components.runners.http import Exchange, send, split_url, tcp_accepts
-from serving_image.server.predictions import json_difference
 
 
 def wrong_feature(instance: Any) -> Any:
@@ -284,7 +283,7 @@ class _Checker:
             self.sample.requests(shape, self.settings.max_batch_bytes)
         ):
             if shape == BATCH and number == 0:
-                predictions, exchange = first
+                (predictions, exchange), fault = first, ""
             else:
                 exchange = self._predict(self.sample.body(positions))
                 if not exchange.ok and self.sample.optional(positions):
@@ -296,22 +295,15 @@ class _Checker:
                     if exchange.ok
                     else (f"answered {exchange.response_text()}", None)
                 )
-            comparison.compared += len(positions)
-            for offset, index in enumerate(positions):
-                difference = (
-                    json_difference(
-                        expected[index],
-                        predictions[offset],
-                        rel_tol=self.settings.rel_tol,
-                        abs_tol=self.settings.abs_tol,
-                        path=f"predictions[{index}]",
-                    )
-                    if predictions is not None
-                    else fault
-                )
-                if difference is not None:
-                    comparison.differences[index] = difference
-                    comparison.first_exchange = comparison.first_exchange or exchange
+            comparison.record(
+                expected,
+                positions,
+                predictions,
+                fault,
+                exchange,
+                rel_tol=self.settings.rel_tol,
+                abs_tol=self.settings.abs_tol,
+            )
         return comparison
 
     def values(self, predictions: list[Any], exchange: Exchange) -> RuleResult:

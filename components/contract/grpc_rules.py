@@ -45,7 +45,6 @@ from components.contract.rules import (
 from components.contract.sample import SHAPE_NAMES, Comparison, Sample, describe
 from components.contract.settings import CheckSettings, ServerWatch
 from serving_image.server import artifact
-from serving_image.server.predictions import json_difference
 from serving_image.server.protos import grpc_predict_v2_pb2 as pb
 from serving_image.server.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving_image.server.tensors import predictions_from_response, request_from_instances
@@ -401,22 +400,15 @@ class GrpcRules:
         for positions in self.sample.requests(shape, self.settings.max_batch_bytes):
             call = self._infer_positions(positions)
             result, predictions = self.predictions(call, len(positions))
-            comparison.compared += len(positions)
-            for offset, index in enumerate(positions):
-                difference = (
-                    json_difference(
-                        expected[index],
-                        predictions[offset],
-                        rel_tol=self.settings.rel_tol,
-                        abs_tol=self.settings.abs_tol,
-                        path=f"predictions[{index}]",
-                    )
-                    if predictions is not None
-                    else result.detail
-                )
-                if difference is not None:
-                    comparison.differences[index] = difference
-                    comparison.first_exchange = comparison.first_exchange or call
+            comparison.record(
+                expected,
+                positions,
+                predictions,
+                result.detail,
+                call,
+                rel_tol=self.settings.rel_tol,
+                abs_tol=self.settings.abs_tol,
+            )
         return comparison
 
     def bad_requests(self) -> list[tuple[str, pb.ModelInferRequest]]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving_image.server.artifact import EVALUATION_KIND as EVALUATION
+from serving_image.server.predictions import json_difference
 
 BATCH, SINGLE, REVERSED = "batch", "single", "reversed"
 SHAPES = (BATCH, SINGLE, REVERSED)
@@ -116,6 +117,36 @@ class Comparison:
     first_exchange: Any = None
     """The exchange of the first request with a difference."""
     compared: int = 0
+
+    def record(
+        self,
+        expected: Sequence[Any],
+        positions: Sequence[int],
+        predictions: Sequence[Any] | None,
+        fault: str,
+        exchange: Any,
+        *,
+        rel_tol: float,
+        abs_tol: float,
+    ) -> None:
+        """Compare one request's ``predictions`` for the sample ``positions`` with what is
+        ``expected`` there (``fault`` for each when no predictions came back)."""
+        self.compared += len(positions)
+        for offset, index in enumerate(positions):
+            difference = (
+                json_difference(
+                    expected[index],
+                    predictions[offset],
+                    rel_tol=rel_tol,
+                    abs_tol=abs_tol,
+                    path=f"predictions[{index}]",
+                )
+                if predictions is not None
+                else fault
+            )
+            if difference is not None:
+                self.differences[index] = difference
+                self.first_exchange = self.first_exchange or exchange
 
 
 def describe(sample: Sample, comparisons: Sequence[Comparison]) -> str:

@@ -28,7 +28,8 @@ class FixtureServer:
         status = self.process.poll()
         if status is None:
             return None
-        return explain_exit(status, self.log_path.read_text(), process_mode=True)
+        # It stands in for a broken image's server: the causes are an image's.
+        return explain_exit(status, self.log_path.read_text())
 
     def listening_note(self) -> str:
         return ""
