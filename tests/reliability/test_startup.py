@@ -59,7 +59,8 @@ def corrupt_model_file(model_dir: Path, tmp_path: Path) -> tuple[str, dict[str, 
     manifest = json.loads((copy / artifact.MANIFEST_FILE).read_text())
     manifest["model_sha256"] = artifact.sha256_file(model)
     (copy / artifact.MANIFEST_FILE).write_text(json.dumps(manifest))
-    return str(copy), {}
+    # scikit-learn's path: the compiled graph, served by default, never unpickles the file
+    return str(copy), {"SERVING_PREDICTOR": "scikit-learn"}
 
 
 def wrong_manifest_version(model_dir: Path, tmp_path: Path) -> tuple[str, dict[str, str]]:
