@@ -219,7 +219,7 @@ class _Checker:
                 'wants a bare list, but Vertex always sends {"instances": [...]}'
             )
         elif first.status >= 500 and not self.watch.exited():
-            later = self._retry_until_ok(body)
+            later = self.watch.retry_until_ok(lambda: self._predict(body), self.settings)
             if later is not None:
                 waited, exchange = later
                 detail = (
@@ -232,15 +232,6 @@ class _Checker:
                     "predict-request", "answered 200 once loaded", exchange
                 ), exchange
         return fail_result("predict-request", self.watch.with_note(detail), first), first
-
-    def _retry_until_ok(self, body: bytes) -> tuple[float, Exchange] | None:
-        started = time.monotonic()
-        while time.monotonic() - started < self.settings.ready_grace_s and not self.watch.exited():
-            time.sleep(self.settings.poll_interval_s)
-            exchange = self._predict(body)
-            if exchange.ok:
-                return time.monotonic() - started, exchange
-        return None
 
     def predictions_of(self, exchange: Exchange, count: int) -> tuple[str, list[Any] | None]:
         """What is wrong with the shape of a 200 predict answer for ``count`` instances

@@ -236,7 +236,9 @@ class GrpcRules:
             return self._record(health)
         first = self._infer_positions(self.first_request)
         if first.code == grpc.StatusCode.UNAVAILABLE and not self.watch.exited():
-            later = self._retry_until_ok(self.first_request)
+            later = self.watch.retry_until_ok(
+                lambda: self._infer_positions(self.first_request), self.settings
+            )
             if later is not None:
                 waited, answered = later
                 detail = (
@@ -302,15 +304,6 @@ class GrpcRules:
             f'Check on "" answered {last.status} instead of SERVING until the end of {window} '
             "(the model loads slower than the deadline, or never)"
         )
-
-    def _retry_until_ok(self, positions: Sequence[int]) -> tuple[float, Call] | None:
-        started = time.monotonic()
-        while time.monotonic() - started < self.settings.ready_grace_s and not self.watch.exited():
-            time.sleep(self.settings.poll_interval_s)
-            call = self._infer_positions(positions)
-            if call.ok:
-                return time.monotonic() - started, call
-        return None
 
     def predictions(self, call: Call, count: int) -> tuple[RuleResult, list[Any] | None]:
         """The ``grpc-predict`` verdict on one ModelInfer for ``count`` instances, and its

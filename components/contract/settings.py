@@ -10,12 +10,22 @@ check about it, and ``ServerWatch`` reads it for the rules, HTTP (``checker``) a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from components import vertex
 from components.contract.sample import SHAPES
+
+
+class _Answered(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+
+Answer = TypeVar("Answer", bound=_Answered)
+"""An exchange over HTTP or a gRPC call: anything that says whether it went through."""
 
 
 @dataclass
@@ -107,3 +117,17 @@ class ServerWatch:
     def logs(self) -> str:
         """The server's output so far ("" when there is no observer)."""
         return self.observer.logs() if self.observer is not None else ""
+
+    def retry_until_ok(
+        self, send: Callable[[], Answer], settings: CheckSettings
+    ) -> tuple[float, Answer] | None:
+        """Send again every ``poll_interval_s`` for up to ``ready_grace_s`` (a server still
+        loading its model), until an answer is ok or the server exits: the seconds it took
+        and that answer, or None."""
+        started = time.monotonic()
+        while time.monotonic() - started < settings.ready_grace_s and not self.exited():
+            time.sleep(settings.poll_interval_s)
+            answer = send()
+            if answer.ok:
+                return time.monotonic() - started, answer
+        return None
