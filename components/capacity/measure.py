@@ -305,10 +305,17 @@ def measure_image(
         stop = server.stop(STOP_TIMEOUT_S) if before is not None and before.running else None
         after = _state(server) or before
         seconds = time.monotonic() - server.started_at
+    oom_kills = samples[-1].oom_kills if samples else None
     if failure and after is not None and after.exit_code == 137 and not after.oom_killed:
         failure += (
             f"\n(exit 137 is SIGKILL: under a {memory_bytes:,} byte limit most likely the "
             "kernel's, for lack of memory; give the machine type more memory)"
+        )
+    elif failure and oom_kills:
+        # The main process may survive while its workers are killed and rebooted in a loop.
+        failure += (
+            f"\n(the kernel killed {oom_kills} process(es) in the container for lack of memory "
+            f"under a {memory_bytes:,} byte limit; give the machine type more memory)"
         )
     peaks = [u.peak_memory_bytes for u in samples if u.peak_memory_bytes is not None]
     return Measurement(
@@ -329,7 +336,7 @@ def measure_image(
         stop_s=stop.seconds if stop is not None else None,
         exit_code=after.exit_code if after is not None else None,
         oom_killed=bool(after is not None and after.oom_killed),
-        oom_kills=samples[-1].oom_kills if samples else None,
+        oom_kills=oom_kills,
         failure=failure,
         usage_note=usage_notes[0] if usage_notes else "",
     )

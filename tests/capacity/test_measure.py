@@ -161,8 +161,9 @@ def test_a_memory_limit_it_cannot_start_under_is_a_failed_measurement(
     TIMINGS["measure under 48 MiB"] = time.monotonic() - started
     print(f"\n48 MiB: {m.failure} (oom_killed={m.oom_killed})")
     assert m.failure.startswith("never served under cpus=1, memory_bytes=50,331,648")
-    assert "exited with code 137" in m.failure
-    assert m.oom_killed or "most likely the kernel's, for lack of memory" in m.failure
+    # Either the whole container is killed (exit 137) or only its workers, in a loop.
+    assert "exited with code 137" in m.failure or m.oom_kills
+    assert m.oom_killed or "for lack of memory" in m.failure
     assert (m.cold_start_s, m.steps, m.best, m.instances_per_s) == (None, (), None, 0.0)
     assert time.monotonic() - started < 25 + 5
     with pytest.raises(MeasurementError, match="no capacity to advise on: never served"):
