@@ -19,7 +19,7 @@ if [[ ! -x $VENV/bin/python ]]; then
   "$PYTHON" -m venv "$VENV" || {
     echo "setup: 'python -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
 fi
-EXTRAS=serve,dev,tensorflow
+EXTRAS=serve,dev,tensorflow,boosting
 CONSTRAINTS=components/constraints.txt  # the versions the project is tested with
 stamp=$VENV/.installed-$({ cat pyproject.toml "$CONSTRAINTS"; echo "$EXTRAS"; } | sha256sum | cut -c1-16)
 if [[ ! -e $stamp ]]; then
