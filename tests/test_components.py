@@ -23,6 +23,7 @@ from components.imaging import DEFAULT_IMAGE_NAME
 from components.local_batch_predict import local_batch_predict
 from components.local_model_deploy import local_model_deploy
 from components.local_model_upload import local_model_upload
+from components.package_model import package_model
 from components.promote import promote
 from components.roll_back import roll_back
 from components.rollout import PROMOTE_ALL
@@ -49,6 +50,7 @@ COMPONENTS = {
     "local_model_upload": local_model_upload,
     "local_model_deploy": local_model_deploy,
     "local_batch_predict": local_batch_predict,
+    "package_model": package_model,
 }
 MAX_LINES = 250
 

@@ -102,7 +102,8 @@ def build_pipeline(schema: list[dict[str, Any]], estimator: Any) -> Any:
 
 
 class SklearnModel(FittedModel):
-    """A fitted scikit-learn ``Pipeline``, saved with joblib."""
+    """A fitted scikit-learn ``Pipeline`` (or, exported from elsewhere, a bare estimator),
+    saved with joblib."""
 
     def __init__(self, pipeline: Any, name: str, hyperparameters: dict[str, Any]) -> None:
         self.pipeline = pipeline
@@ -133,7 +134,8 @@ class SklearnModel(FittedModel):
         import pandas as pd
         import sklearn
 
-        estimator = self.pipeline[-1]
+        steps = hasattr(self.pipeline, "steps")  # a Pipeline, or a bare estimator
+        estimator = self.pipeline[-1] if steps else self.pipeline
         return {
             "framework": "scikit-learn",
             "framework_version": sklearn.__version__,
