@@ -204,6 +204,7 @@ def _compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
     from components.images import COMPONENTS_IMAGE, with_image
+    from components.package_model import package_model
     from pipelines.parameters import caching_note
     from pipelines.train_to_serve import OUR_COMPONENTS, build_pipeline
 
@@ -229,11 +230,13 @@ def _compile(args: argparse.Namespace) -> int:
     compiler.Compiler().compile(pipeline, str(args.output))
     components_dir = args.components_dir or args.output.parent / "components"
     components_dir.mkdir(parents=True, exist_ok=True)
-    for name, component in OUR_COMPONENTS.items():
+    # The pipeline's components, and package_model for models trained elsewhere.
+    reusable = {**OUR_COMPONENTS, "package_model": package_model}
+    for name, component in reusable.items():
         compiler.Compiler().compile(
             with_image(component, image), str(components_dir / f"{name}.yaml")
         )
-    print(f"wrote {args.output} and {len(OUR_COMPONENTS)} component YAMLs in {components_dir}")
+    print(f"wrote {args.output} and {len(reusable)} component YAMLs in {components_dir}")
     print(f"components image: {image}")
     print(caching_note(args.output, None))
     return 0

@@ -73,6 +73,7 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "contract_check.yaml",
         "endpoint_get_or_create.yaml",
         "evaluation_gate.yaml",
+        "package_model.yaml",
         "promote.yaml",
         "roll_back.yaml",
         "smoke_test.yaml",
