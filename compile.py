@@ -529,7 +529,7 @@ def _preflight(args: argparse.Namespace) -> int:
 
 def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
     from components import vertex
-    from components.contract import CheckSettings
+    from components.contract import INSTANCE_FORMATS, CheckSettings
 
     defaults = CheckSettings()
     parser = subparsers.add_parser(
@@ -603,11 +603,28 @@ def _add_check_contract(subparsers: argparse._SubParsersAction) -> None:
         "names the input tensors. The check sets SERVING_GRPC_PORT to it, which turns this "
         "project's server's gRPC on (other images ignore it)",
     )
+    parser.add_argument(
+        "--instance-format",
+        choices=INSTANCE_FORMATS,
+        default=INSTANCE_FORMATS[0],
+        help="how instances are sent: object (default: keyed by feature name as exported, the "
+        "edge instances also as lists) or list (every instance as a list of values in the "
+        "manifest's feature order, what a pre-built scikit-learn container takes; needs "
+        "--model-dir)",
+    )
+    parser.add_argument(
+        "--foreign-image",
+        action="store_true",
+        help="the image is not one this project built (a Vertex pre-built container, a Custom "
+        "Prediction Routine, your own server): a plain answer (labels only, or class "
+        "probabilities) is compared with the same part of the expected predictions, and an "
+        "error on an edge instance is a warning (edge-errors), not a predict-values failure",
+    )
     parser.set_defaults(handler=_check_contract)
 
 
 def _check_contract(args: argparse.Namespace) -> int:
-    from components.contract import CheckSettings, check_image
+    from components.contract import CheckSettings, as_list, check_image, feature_names, model_sample
     from components.runners import RunnerError
     from serving_image.server import artifact
 
@@ -615,21 +632,28 @@ def _check_contract(args: argparse.Namespace) -> int:
         raise UsageError("give --instances FILE.jsonl, or --model-dir with instances_sample.jsonl")
     if args.grpc_port and args.model_dir is None:
         raise UsageError("--grpc-port needs --model-dir: its manifest names ModelInfer's inputs")
+    as_lists = args.instance_format == "list"
+    if as_lists and args.model_dir is None:
+        raise UsageError("--instance-format list needs --model-dir: its manifest has the order")
     env = dict(item.partition("=")[::2] for item in args.env)
     settings = CheckSettings(
         startup_deadline_s=args.startup_deadline,
         grace_period_s=args.grace_period,
         strict=args.strict,
+        foreign_image=args.foreign_image,
     )
     try:
-        model_sample = args.instances is None and args.expected is None
-        if model_sample and (args.model_dir / artifact.EXPECTED_FILE).is_file():
-            instances, expected, kinds = artifact.read_sample(args.model_dir)
+        from_model = args.instances is None and args.expected is None
+        if from_model and (args.model_dir / artifact.EXPECTED_FILE).is_file():
+            instances, expected, kinds = model_sample(args.model_dir, args.instance_format)
         else:
             instances_path = args.instances or args.model_dir / artifact.INSTANCES_FILE
             instances = artifact.read_jsonl(instances_path)
             expected = artifact.read_jsonl(args.expected) if args.expected else None
             kinds = None
+            if as_lists:
+                names = feature_names(args.model_dir)
+                instances = [as_list(instance, names) for instance in instances]
         report = check_image(
             args.image,
             instances=instances,

@@ -28,6 +28,8 @@ def contract_check(
     strict: bool = False,
     process_mode: bool = False,
     grpc_port: int = 0,
+    instance_format: str = "object",
+    foreign_image: bool = False,
 ):
     """Check a serving image against Vertex AI's container contract; emit it for upload.
 
@@ -73,6 +75,18 @@ def contract_check(
             gRPC probes (0: HTTP only). The container gets ``SERVING_GRPC_PORT`` set to it
             unless ``env`` sets it (this project's image serves gRPC there; another image
             ignores it), and so does the emitted spec's ``env``.
+        instance_format: how the model's sample is sent: ``"object"`` (as exported, keyed by
+            feature name; the edge instances also as lists, which the image may refuse) or
+            ``"list"`` (every instance as a list of values in the manifest's feature order,
+            what a Vertex pre-built scikit-learn container takes).
+        foreign_image: the image is not one this project built (a Vertex pre-built container,
+            a Custom Prediction Routine image, a team's own server; the model directory from
+            ``export_model`` or train): ``predict-values`` compares a plain answer (labels
+            only, or class probabilities) with the same part of ``expected_predictions.jsonl``
+            and the report says which shape it compared, and an error on an edge instance (a
+            feature missing, an unseen category, a number at the training range's end) is a
+            warning (``edge-errors``), not a ``predict-values`` failure. The Vertex contract
+            rules stay as they are; differing values still fail.
 
     Returns:
         report: the human-readable report (Markdown).
@@ -95,11 +109,15 @@ def contract_check(
         predict_route=predict_route,
         env=dict(env),
         settings=CheckSettings(
-            startup_deadline_s=startup_deadline_s, grace_period_s=grace_period_s, strict=strict
+            startup_deadline_s=startup_deadline_s,
+            grace_period_s=grace_period_s,
+            strict=strict,
+            foreign_image=foreign_image,
         ),
         large_model_bytes=large_model_bytes,
         engine=engine,
         grpc_port=grpc_port or None,
+        instance_format=instance_format,
     )
     publish(
         checked,

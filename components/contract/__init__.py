@@ -25,6 +25,7 @@ from components.contract.image import (
 from components.contract.outputs import publish
 from components.contract.rules import (
     CONTRACT,
+    FOREIGN_RULES,
     GRPC_RULES,
     HYGIENE,
     LEVELS,
@@ -35,14 +36,22 @@ from components.contract.rules import (
     RuleResult,
     explain_exit,
 )
-from components.contract.sample import Sample
+from components.contract.sample import (
+    INSTANCE_FORMATS,
+    Sample,
+    as_list,
+    feature_names,
+    model_sample,
+)
 from components.contract.settings import CheckSettings, ServerObserver
 from components.contract.smoke import SmokeReport, smoke_test
 
 __all__ = [
     "CONTRACT",
+    "FOREIGN_RULES",
     "GRPC_RULES",
     "HYGIENE",
+    "INSTANCE_FORMATS",
     "LEVELS",
     "NO_ENGINE_HINT",
     "RULES",
@@ -55,6 +64,7 @@ __all__ = [
     "Sample",
     "ServerObserver",
     "SmokeReport",
+    "as_list",
     "check_image",
     "check_model_image",
     "check_server",
@@ -62,7 +72,9 @@ __all__ = [
     "describe_listening",
     "directory_bytes",
     "explain_exit",
+    "feature_names",
     "listening_sockets",
+    "model_sample",
     "publish",
     "smoke_test",
 ]

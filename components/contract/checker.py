@@ -15,11 +15,16 @@ forwards to a container (dedicated and private endpoints).
 The sample is sent as ``sample`` says (in batches, each instance alone, in another order) and
 every answer compared; a malformed request may get a 4xx (a 5xx or a reset is a hygiene
 finding, ``rules.LEVELS``), after which health must still answer 200 (``stays-up``).
+
+An image we did not build (``CheckSettings.foreign_image``) gets the same rules, except that
+its plain answers are compared with the same part of the expected predictions and an error on
+an edge instance is the hygiene rule ``edge-errors`` instead of a ``predict-values`` failure.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from typing import Any
 from components import vertex
 from components.contract.grpc_rules import GrpcRules, GrpcTarget
 from components.contract.rules import (
+    FOREIGN_RULES,
     GRPC_RULES,
     RULES,
     VERTEX_WOULD,
@@ -39,15 +45,25 @@ from components.contract.rules import (
 )
 from components.contract.sample import (
     BATCH,
+    EVALUATION,
     SHAPE_NAMES,
+    SINGLE,
     Comparison,
     Sample,
     describe,
+    describe_errors,
     json_body,
     table,
 )
 from components.contract.settings import CheckSettings, ServerObserver, ServerWatch
 from components.runners.http import Exchange, send, split_url, tcp_accepts
+
+NOT_OURS = "not checked, the image is not ours: the exported answer shape (label and probabilities)"
+FOREIGN_NOTE = (
+    "a plain answer (a label, class probabilities) is compared with the same part of the "
+    f"exported prediction, and an error on an edge instance warns (edge-errors); {NOT_OURS}"
+)
+"""What the report says of a check of an image we did not build."""
 
 
 def wrong_feature(instance: Any) -> Any:
@@ -103,6 +119,10 @@ class _Checker:
                     settings.max_request_bytes
                 ),
                 "strict (hygiene rules fail the check)": settings.strict,
+                "instances sent as": self.sample.form(),
+                "foreign image (not built by train-to-serve)": (
+                    f"yes: {FOREIGN_NOTE}" if settings.foreign_image else "no"
+                ),
             },
             latencies_s={"health": [], "predict": [], "burst": []},
             strict=settings.strict,
@@ -277,9 +297,11 @@ class _Checker:
                 (predictions, exchange), fault = first, ""
             else:
                 exchange = self._predict(self.sample.body(positions))
-                if not exchange.ok and self.sample.optional(positions):
-                    refusal = f"{exchange.status or exchange.error}"
-                    comparison.refused.update(dict.fromkeys(positions, refusal))
+                excused = self._excused(comparison, positions) if not exchange.ok else None
+                if excused is not None:
+                    excused.update(dict.fromkeys(positions, f"{exchange.status or exchange.error}"))
+                    if excused is comparison.errored:
+                        comparison.error_exchange = comparison.error_exchange or exchange
                     continue
                 fault, predictions = (
                     self.predictions_of(exchange, len(positions))
@@ -294,23 +316,39 @@ class _Checker:
                 exchange,
                 rel_tol=self.settings.rel_tol,
                 abs_tol=self.settings.abs_tol,
+                plain=self.settings.foreign_image,
             )
         return comparison
 
+    def _excused(self, comparison: Comparison, positions: list[int]) -> dict[int, str] | None:
+        """Where a request answered with an error is noted instead of compared: a list form
+        the server may refuse (``refused``); for an image we did not build, edge instances
+        (``errored``, the ``edge-errors`` rule); ``None``: nowhere, it fails predict-values."""
+        if self.sample.optional(positions):
+            return comparison.refused
+        if self.settings.foreign_image and self.sample.edges(positions):
+            return comparison.errored
+        return None
+
     def values(self, predictions: list[Any], exchange: Exchange) -> RuleResult:
         if self.sample.expected is None:
+            if self.settings.foreign_image:
+                self.add(skip_result("edge-errors", "no expected predictions given"))
             return skip_result("predict-values", "no expected predictions given: shape only")
         comparisons = [
             self.compare(shape, (predictions, exchange)) for shape in self.settings.request_shapes
         ]
         self.report.predictions = table(self.sample, comparisons)
+        if self.settings.foreign_image:
+            self.add(self.edge_errors(comparisons))
         differed = [c for c in comparisons if c.differences]
+        compared_as = self._compared_as(comparisons)
         if not differed:
             shapes = ", ".join(SHAPE_NAMES[c.shape] for c in comparisons)
             compared = max(c.compared for c in comparisons)
             detail = (
                 f"all {compared} predictions equal the expected ones, sent {shapes} "
-                f"(rel_tol {self.settings.rel_tol:g})"
+                f"(rel_tol {self.settings.rel_tol:g}){compared_as}"
             )
             refused = {answer for c in comparisons for answer in c.refused.values()}
             if refused:
@@ -322,12 +360,35 @@ class _Checker:
                 )
             return pass_result("predict-values", detail)
         detail = (
-            f"the served predictions differ from the exported expectations: "
+            f"the served predictions differ from the exported expectations{compared_as}: "
             f"{describe(self.sample, comparisons)}. Serving does not reproduce training: "
             "re-fitted or re-implemented preprocessing, preprocessing that depends on the "
             "request's other instances, another model file, or other library versions"
         )
         return fail_result("predict-values", detail, differed[0].first_exchange)
+
+    def _compared_as(self, comparisons: Sequence[Comparison]) -> str:
+        """For an image we did not build, the answers' shapes compared (``""`` for ours,
+        whose answers are compared as exported)."""
+        if not self.settings.foreign_image:
+            return ""
+        counts: Counter[str] = sum((c.compared_as for c in comparisons), Counter())
+        shapes = ", ".join(f"{shape} ({count})" for shape, count in counts.most_common())
+        return f"; compared as {shapes or 'nothing'} ({NOT_OURS})"
+
+    def edge_errors(self, comparisons: Sequence[Comparison]) -> RuleResult:
+        """The ``edge-errors`` rule of an image we did not build: edge instances it answered
+        with an error instead of a prediction."""
+        errored = [c for c in comparisons if c.errored]
+        if not errored:
+            edges = sum(kind != EVALUATION for kind in self.sample.kinds)
+            return pass_result("edge-errors", f"all {edges} edge instances got a prediction")
+        errored.sort(key=lambda c: c.shape != SINGLE)  # alone, a request names one instance
+        detail = (
+            f"{describe_errors(self.sample, errored)}: the model has a prediction for each "
+            "(expected_predictions.jsonl), the image answers an error"
+        )
+        return fail_result("edge-errors", detail, errored[0].error_exchange)
 
     def bad_input(self, rule: str, body: bytes, body_note: str = "") -> RuleResult:
         """Send one request the server should refuse: a 4xx passes (for an oversize body a
@@ -423,7 +484,9 @@ class _Checker:
             return reason
 
         own = ("liveness", "sigterm", "health-means-ready")  # sigterm: check_image's business
-        later = [rule for rule in RULES if rule not in own and rule not in GRPC_RULES]
+        elsewhere = (*own, *GRPC_RULES, *(() if self.settings.foreign_image else FOREIGN_RULES))
+        later = [rule for rule in RULES if rule not in elsewhere]
+        values = [rule for rule in ("predict-values", *FOREIGN_RULES) if rule in later]
         if not self.add(self.liveness()).passed:
             return skip(later, "the port never accepted a connection")
         if self.grpc is not None:
@@ -433,12 +496,12 @@ class _Checker:
         result, exchange = self.predict()
         predict_works = self.add(result).passed
         if not predict_works:
-            skip(["predict-response", "predict-values"], "predict-request failed")
+            skip(["predict-response", *values], "predict-request failed")
         else:
             shape, predictions = self.response_shape(exchange)
             predict_works = self.add(shape).passed
             if predictions is None:
-                skip(["predict-values"], "predict-response failed")
+                skip(values, "predict-response failed")
             else:
                 self.add(self.values(predictions, exchange))
         cases = self.malformed_cases()

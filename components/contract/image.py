@@ -34,6 +34,7 @@ from components.contract.rules import (
     sigterm_result,
     skip_result,
 )
+from components.contract.sample import OBJECT, model_sample
 from components.contract.settings import CheckSettings, checked_env
 from components.runners import (
     PROCESS,
@@ -49,7 +50,6 @@ from components.runners import (
     start_server,
     tail_lines,
 )
-from serving_image.server import artifact
 
 
 def listening_sockets(proc_net_tcp: str) -> list[tuple[str, int]]:
@@ -257,10 +257,13 @@ def check_model_image(
     large_model_bytes: int = vertex.LARGE_MODEL_BYTES,
     engine: ServerRunner | None = None,
     grpc_port: int | None = None,
+    instance_format: str = OBJECT,
 ) -> tuple[ContractReport, dict[str, Any] | None]:
     """Check ``image_uri`` serving the model in ``model_dir`` (a train component output) with
-    its own sample (``artifact.read_sample``: the instances, the edge ones also as lists,
-    their kinds and expected predictions), over gRPC too where ``grpc_port`` is given.
+    its own sample (``sample.model_sample``: the instances, their kinds and expected
+    predictions; as exported, the edge ones also as lists, or with ``instance_format``
+    ``"list"`` every instance as a list in the manifest's feature order), over gRPC too
+    where ``grpc_port`` is given. An image we did not build: ``settings.foreign_image``.
 
     Returns the report and, only when every rule passed, the ``UnmanagedContainerModel``
     metadata for upload (``None`` otherwise); with a ``startupProbe`` when the model directory
@@ -270,7 +273,7 @@ def check_model_image(
     check_upload_routes(health_route, predict_route)
     settings = settings or CheckSettings()
     model = Path(model_dir)
-    instances, expected, kinds = artifact.read_sample(model)
+    instances, expected, kinds = model_sample(model, instance_format)
     report = check_image(
         image_uri,
         instances=instances,

@@ -6,8 +6,9 @@ Every verdict names the rule, the request sent, what came back and what Vertex w
 Two levels (``LEVELS``): a **contract** rule is one whose breach Vertex does not survive (the
 deploy fails, the replica is taken out of service, or callers get wrong answers); a
 **hygiene** rule is a weakness Vertex tolerates (a 5xx on a client's mistake, a body over the
-limit taken or mishandled, a slow stop, a gRPC port without reflection). A check fails on
-contract rules; hygiene findings are warnings, unless the check is strict.
+limit taken or mishandled, a slow stop, a gRPC port without reflection, an image we did not
+build answering an edge instance with an error). A check fails on contract rules; hygiene
+findings are warnings, unless the check is strict.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ RULES: dict[str, str] = {
         "the predictions equal expected_predictions.jsonl (float tolerance), whatever the "
         "request: one batch, each instance alone, another order"
     ),
+    "edge-errors": (
+        "an image we did not build answers the edge instances (a feature missing, an unseen "
+        "category, a number at the training range's end) with predictions, not errors "
+        "(checked for such an image only: ours must answer them under predict-values)"
+    ),
     "bad-json": "a body that is not JSON gets a 4xx",
     "no-instances": 'a JSON object without "instances" gets a 4xx',
     "wrong-feature": "an instance with a wrong feature gets a 4xx",
@@ -58,11 +64,14 @@ RULES: dict[str, str] = {
     "sigterm": "SIGTERM stops the container within the grace period",
 }
 """Every rule the check applies, by name, in the order the report lists them; the ``grpc-``
-rules only where a gRPC port is declared (``grpc_rules``)."""
+rules only where a gRPC port is declared (``grpc_rules``), ``FOREIGN_RULES`` only for an
+image we did not build (``CheckSettings.foreign_image``)."""
 GRPC_RULES = tuple(rule for rule in RULES if rule.startswith("grpc-"))
 """The rules of the gRPC port (``containerSpec.grpcPorts``)."""
+FOREIGN_RULES = ("edge-errors",)
+"""The rules applied only to an image we did not build."""
 _TOLERATED = (
-    "bad-json", "no-instances", "wrong-feature", "oversize", "sigterm",
+    "bad-json", "no-instances", "wrong-feature", "oversize", "sigterm", "edge-errors",
     "grpc-bad-input", "grpc-reflection",
 )  # fmt: skip
 LEVELS: dict[str, str] = {rule: HYGIENE if rule in _TOLERATED else CONTRACT for rule in RULES}
@@ -95,6 +104,13 @@ VERTEX_WOULD: dict[str, str] = {
     "predict-values": (
         "serve these values without any error: the skew between training and serving would go "
         "unnoticed"
+    ),
+    "edge-errors": (
+        "pass the image's error on to every client that sends such an instance (a row with a "
+        "feature missing, a category unseen in training, a number at the end of the training "
+        "range), where the model itself has a prediction: clients and batch prediction retry a "
+        "5xx as if the server were broken, and batch prediction writes those rows to its error "
+        "file"
     ),
     "bad-input": (
         "pass a 5xx on as a server error, which clients and batch prediction retry as if the "

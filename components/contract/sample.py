@@ -8,6 +8,12 @@ right and a lone instance wrong. So the sample is sent three ways (``SHAPES``): 
 within a body limit), each instance alone, and in the reverse order; each answer is compared
 with its expectation. Lists of values in a sample that also has objects are a second form of
 the same rows: a server may refuse them (``Sample.optional``).
+
+An image we did not build is checked with the same sample, as objects or, for a pre-built
+scikit-learn container, as lists (``model_sample``'s ``instance_format``); its plain answer
+(a label, class probabilities) is compared with that part of the exported prediction
+(``plain_expectation``), and its errors on edge instances are noted apart
+(``Comparison.errored``, the ``edge-errors`` rule).
 """
 
 from __future__ import annotations
@@ -16,14 +22,84 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from serving_image.server import artifact
 from serving_image.server.artifact import EVALUATION_KIND as EVALUATION
 from serving_image.server.predictions import json_difference
 
 BATCH, SINGLE, REVERSED = "batch", "single", "reversed"
 SHAPES = (BATCH, SINGLE, REVERSED)
 SHAPE_NAMES = {BATCH: "in batches", SINGLE: "each instance alone", REVERSED: "in another order"}
+OBJECT, LIST = "object", "list"
+INSTANCE_FORMATS = (OBJECT, LIST)
+"""How a model directory's sample is sent: ``object`` (as exported, keyed by feature name,
+the edge instances also as lists) or ``list`` (every instance as a list of values in the
+manifest's feature order, what a pre-built scikit-learn container takes)."""
+EXPORTED = "as exported"
+LABEL = "labels only"
+PROBABILITY_LIST = "class probabilities as lists, in class order"
+PROBABILITY_OBJECT = "class probabilities by class"
+
+
+def as_list(instance: Any, names: Sequence[str]) -> Any:
+    """An object instance as a list of its values in ``names`` order (a feature it lacks:
+    null); any other instance as it is."""
+    if isinstance(instance, dict):
+        return [instance.get(name) for name in names]
+    return instance
+
+
+def model_sample(
+    model_dir: str | Path, instance_format: str = OBJECT
+) -> tuple[list[Any], list[Any], list[str]]:
+    """The model directory's sample as a check sends it, with expectations and kinds:
+    ``artifact.read_sample``'s for ``object``; for ``list`` each exported instance once, as a
+    list of values in the manifest's feature order.
+
+    Raises:
+        ValueError: an unknown ``instance_format``, or ``list`` without a manifest to give
+            the feature order; ``OSError``: a sample file is missing.
+    """
+    if instance_format not in INSTANCE_FORMATS:
+        raise ValueError(
+            f"instance_format must be one of {INSTANCE_FORMATS}, not {instance_format!r}"
+        )
+    instances, expected, kinds = artifact.read_sample(model_dir)
+    if instance_format == OBJECT:
+        return instances, expected, kinds
+    names = feature_names(model_dir)
+    exported = [i for i, kind in enumerate(kinds) if not kind.endswith(artifact.AS_LIST)]
+    return (
+        [as_list(instances[i], names) for i in exported],
+        [expected[i] for i in exported],
+        [kinds[i] for i in exported],
+    )
+
+
+def feature_names(model_dir: str | Path) -> list[str]:
+    """The manifest's feature order; ``ValueError`` without a readable manifest."""
+    try:
+        manifest = artifact.read_manifest(model_dir)
+    except artifact.ManifestError as exc:
+        raise ValueError(f"instances as lists need the manifest's feature order: {exc}") from None
+    return [feature["name"] for feature in manifest["features"]]
+
+
+def plain_expectation(expected: Any, answer: Any) -> tuple[str, Any]:
+    """What an image we did not build should have answered, in the plain shape it answered
+    with, and that shape's name: an exported classification prediction (label and
+    probabilities) reduced to its label, its probabilities in class order (a list) or by
+    class (an object without a label); anything else as exported."""
+    if not (isinstance(expected, dict) and {"label", "probabilities"} <= expected.keys()):
+        return EXPORTED, expected
+    probabilities = expected["probabilities"]
+    if isinstance(answer, list):
+        return PROBABILITY_LIST, list(probabilities.values())
+    if isinstance(answer, dict):
+        return (EXPORTED, expected) if "label" in answer else (PROBABILITY_OBJECT, probabilities)
+    return LABEL, expected["label"]
 
 
 def json_body(value: Any) -> bytes:
@@ -93,6 +169,19 @@ class Sample:
         """The instances of the first predict request: the start of the batch."""
         return self.requests(BATCH, max_bytes)[0]
 
+    def edges(self, positions: Sequence[int]) -> bool:
+        """Whether these are all edge instances (no evaluation row)."""
+        return all(self.kinds[i] != EVALUATION for i in positions)
+
+    def form(self) -> str:
+        """How the instances are given, for the report."""
+        forms = {type(instance) for instance in self.instances}
+        if forms == {list}:
+            return "lists of values (in the manifest's feature order)"
+        if list in forms:
+            return "objects keyed by feature name, the edge instances also as lists"
+        return "objects keyed by feature name" if forms == {dict} else "as given"
+
     def optional(self, positions: Sequence[int]) -> bool:
         """Whether these instances are lists of values in a sample that also has objects:
         a second form of the same rows, which a server may refuse (objects are enough)."""
@@ -114,9 +203,16 @@ class Comparison:
     """Instance position -> what differed (or why no prediction came back)."""
     refused: dict[int, str] = field(default_factory=dict)
     """Instance position -> the answer to an optional form (``Sample.optional``) refused."""
+    errored: dict[int, str] = field(default_factory=dict)
+    """Instance position -> the error an image we did not build answered an edge instance
+    with (``edge-errors``)."""
     first_exchange: Any = None
     """The exchange of the first request with a difference."""
+    error_exchange: Any = None
+    """The exchange of the first edge instance answered with an error."""
     compared: int = 0
+    compared_as: Counter[str] = field(default_factory=Counter)
+    """How many predictions were compared in each shape (``EXPORTED``, ``LABEL``, ...)."""
 
     def record(
         self,
@@ -128,22 +224,27 @@ class Comparison:
         *,
         rel_tol: float,
         abs_tol: float,
+        plain: bool = False,
     ) -> None:
         """Compare one request's ``predictions`` for the sample ``positions`` with what is
-        ``expected`` there (``fault`` for each when no predictions came back)."""
+        ``expected`` there (``fault`` for each when no predictions came back); ``plain``: an
+        answer in a plain shape is compared with that part of the expectation
+        (``plain_expectation``)."""
         self.compared += len(positions)
         for offset, index in enumerate(positions):
-            difference = (
-                json_difference(
-                    expected[index],
+            difference = fault
+            if predictions is not None:
+                shape, expectation = EXPORTED, expected[index]
+                if plain:
+                    shape, expectation = plain_expectation(expectation, predictions[offset])
+                self.compared_as[shape] += 1
+                difference = json_difference(
+                    expectation,
                     predictions[offset],
                     rel_tol=rel_tol,
                     abs_tol=abs_tol,
                     path=f"predictions[{index}]",
                 )
-                if predictions is not None
-                else fault
-            )
             if difference is not None:
                 self.differences[index] = difference
                 self.first_exchange = self.first_exchange or exchange
@@ -175,6 +276,21 @@ def describe(sample: Sample, comparisons: Sequence[Comparison]) -> str:
     return "; ".join(parts)
 
 
+def describe_errors(sample: Sample, comparisons: Sequence[Comparison]) -> str:
+    """How many edge instances each shape got an error for; the first shape's also by kind,
+    with the answer (put the shape that sends each instance alone first: an error on a batch
+    befalls every instance in it)."""
+    edges = sum(kind != EVALUATION for kind in sample.kinds)
+    named, *others = comparisons
+    answers = sorted({f"{sample.kinds[i]}: {answer}" for i, answer in named.errored.items()})
+    parts = [
+        f"{SHAPE_NAMES[named.shape]}: {len(named.errored)} of {edges} edge instances answered "
+        f"with an error ({'; '.join(answers)})"
+    ]
+    parts += [f"{SHAPE_NAMES[c.shape]}: {len(c.errored)} of {edges}" for c in others]
+    return "; ".join(parts)
+
+
 def table(sample: Sample, comparisons: Sequence[Comparison]) -> list[str]:
     """Markdown rows: predictions that matched, by kind of instance and request shape."""
     shapes = [comparison.shape for comparison in comparisons]
@@ -188,7 +304,9 @@ def table(sample: Sample, comparisons: Sequence[Comparison]) -> list[str]:
         for comparison in comparisons:
             wrong = sum(sample.kinds[i] == kind for i in comparison.differences)
             refused = sum(sample.kinds[i] == kind for i in comparison.refused)
-            right = totals[kind] - wrong - refused
-            cells.append(f"{right}/{totals[kind]}" + (" (refused)" if refused else ""))
+            errors = sum(sample.kinds[i] == kind for i in comparison.errored)
+            right = totals[kind] - wrong - refused - errors
+            note = " (refused)" if refused else " (error)" if errors else ""
+            cells.append(f"{right}/{totals[kind]}{note}")
         rows.append(f"| {kind} | " + " | ".join(cells) + " |")
     return rows

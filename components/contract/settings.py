@@ -49,6 +49,11 @@ class CheckSettings:
     """How the sample is sent for ``predict-values``: ``batch``, ``single``, ``reversed``."""
     strict: bool = False
     """Hygiene rules fail the check too."""
+    foreign_image: bool = False
+    """The image is not one this project built (a Vertex pre-built container, a Custom
+    Prediction Routine, a team's own server): ``predict-values`` compares a plain answer (a
+    label, or class probabilities) with the same part of the exported expectation, and an
+    error on an edge instance warns (``edge-errors``) instead of failing ``predict-values``."""
     burst_size: int = 8
     rel_tol: float = 1e-6
     abs_tol: float = 1e-9

@@ -123,7 +123,7 @@ def test_a_missing_dependency_shows_the_containers_last_log_lines(
     report = broken_reports["missing_dependency"]
     message = report.violations[0].message()
     assert "Last log lines:\nTraceback (most recent call last):" in message
-    assert message.count("ModuleNotFoundError: No module named 'xgboost'") == 1
+    assert message.count("ModuleNotFoundError: No module named 'catboost'") == 1
     assert "## Container logs" in report.to_markdown()
 
 

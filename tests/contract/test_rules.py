@@ -57,7 +57,7 @@ def test_report_metrics_are_plain_floats_for_kfp():
 def test_every_rule_has_a_level_and_only_what_vertex_tolerates_is_hygiene():
     assert set(LEVELS) == set(RULES)
     assert {rule for rule, level in LEVELS.items() if level == HYGIENE} == {
-        "bad-json", "no-instances", "wrong-feature", "oversize", "sigterm",
+        "bad-json", "no-instances", "wrong-feature", "oversize", "sigterm", "edge-errors",
         "grpc-bad-input", "grpc-reflection",
     }  # fmt: skip
     assert set(LEVELS.values()) == {CONTRACT, HYGIENE}
