@@ -24,9 +24,9 @@
 #           docker.io/library/python:3.11-slim when it is present or can be pulled within
 #           TRAIN_TO_SERVE_PULL_TIMEOUT; else localhost/train-to-serve-python:3.11, built once
 #           from Debian packages (debootstrap minbase bookworm + python3, python3-venv,
-#           ca-certificates + security updates, slimmed, a venv at /opt/venv on PATH so that
-#           `python` and `pip` work as in python:3.11-slim, with a current pip from PyPI in
-#           place of Debian's 23.0.1 when PyPI can be reached). It is reused while its
+#           ca-certificates, libgomp1 + security updates, slimmed, a venv at /opt/venv on PATH
+#           so that `python` and `pip` work as in python:3.11-slim, with a current pip from PyPI
+#           in place of Debian's 23.0.1 when PyPI can be reached). It is reused while its
 #           io.train-to-serve.base-recipe label equals BASE_RECIPE below. For docker, podman's
 #           copy of it is loaded (podman save | docker load) when podman has the current one.
 #
@@ -83,10 +83,12 @@ DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-se
 WORK_DIR=${TRAIN_TO_SERVE_SETUP_WORK_DIR:-/var/tmp/train-to-serve-setup}
 
 # Bump when the local base image's recipe changes (then it is rebuilt on the next run).
-BASE_RECIPE=2
+BASE_RECIPE=3
 BASE_PIP=pip==26.3
 BASE_LABEL=io.train-to-serve.base-recipe
-BASE_PACKAGES=python3,python3-venv,ca-certificates
+# libgomp1: LightGBM's wheel needs libgomp.so.1; with it here the serving image's build runs no
+# apt step (serving_image/Dockerfile installs it only on a base without it).
+BASE_PACKAGES=python3,python3-venv,ca-certificates,libgomp1
 SMOKE_IMAGE=localhost/train-to-serve-smoke:1
 CONF_DROPIN=/etc/containers/containers.conf.d/60-train-to-serve.conf
 DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg

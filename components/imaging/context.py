@@ -39,7 +39,8 @@ def assemble_build_context(
     ``server/`` package from ``source_dir`` (default: ``serving_image_dir()``), and,
     when ``model_dir`` is given, a copy of it as ``model/`` (baked into the image at
     ``/model``). Without a model the image loads one from ``AIP_STORAGE_URI`` at start.
-    ``pins`` (library -> version) replace the requirement file's pins (``pin_requirements``).
+    ``pins`` (requirement -> version) replace the requirement file's pins, or are added to
+    it (``pin_requirements``).
     ``dest`` must not exist or be empty.
     """
     source = Path(source_dir) if source_dir is not None else serving_image_dir()
@@ -71,18 +72,25 @@ def assemble_build_context(
 
 
 def pin_requirements(path: Path, pins: Mapping[str, str]) -> None:
-    """Rewrite the requirements file at ``path`` with ``pins``' versions for those libraries;
-    when one differs from the file's, ``scipy`` is left for pip to match (scikit-learn's own
-    dependency, built for a numpy range)."""
+    """Rewrite the requirements file at ``path`` with ``pins``' versions for those libraries,
+    and add a line for each one it does not pin (a model library such as ``lightgbm``);
+    when a pin differs from the file's, ``scipy`` is left for pip to match (scikit-learn's
+    own dependency, built for a numpy range)."""
     lines = path.read_text(encoding="utf-8").splitlines()
+    wanted = {name.lower(): version for name, version in pins.items()}
     changed = False
     out = []
     for line in lines:
         name, sep, version = line.partition("==")
         key = name.strip().lower()
-        if sep and key in pins and pins[key] != version.strip():
-            line, changed = f"{name.strip()}=={pins[key]}", True
+        if sep and key in wanted:
+            pinned = wanted.pop(key)
+            if pinned != version.strip():
+                line, changed = f"{name.strip()}=={pinned}", True
         out.append(line)
+    if wanted:
+        out.append("# The model's own libraries (its manifest's versions), added by the build:")
+        out += [f"{name}=={version}" for name, version in sorted(wanted.items())]
     if changed:
         out = [
             "scipy  # matched by pip to the model's numpy and scikit-learn"

@@ -5,8 +5,11 @@ scikit-learn model's image installs exactly the versions its manifest records
 (``BuildPlan.pins``), if they are within ``SUPPORTED_VERSIONS``, the range this project
 builds and contract-checks (its oldest and newest, in CI); a model trained elsewhere in that
 range gets its matching image, and a new upstream release breaks nothing. A version outside
-the range is refused before any build, the range named. A TensorFlow model's versions must
-equal the image's pins.
+the range is refused before any build, the range named. A scikit-learn model whose estimator
+comes from an optional model library (``MODEL_LIBRARIES``: XGBoost, LightGBM; the manifest
+records it only when the model uses it) gets that library added to the image, at the
+manifest's version, within its range too. A TensorFlow model's versions must equal the
+image's pins.
 """
 
 from __future__ import annotations
@@ -39,7 +42,32 @@ SUPPORTED_VERSIONS = {
 """(oldest, newest) version of each scikit-learn model library the serving image installs as
 the model records it; the newest are ``serving_image/requirements.txt``'s pins, and CI builds
 and checks an image for a model trained with the oldest."""
-DISTRIBUTION_ALIASES = {"tensorflow-cpu": "tensorflow"}
+
+
+@dataclass(frozen=True)
+class ModelLibrary:
+    """An optional library a scikit-learn model's estimator may come from: not in
+    ``requirements.txt``; the image installs it only for a model whose manifest records it."""
+
+    requirement: str
+    """The distribution the image installs (its version numbers are the library's)."""
+    oldest: str
+    """The oldest version with Python 3.11 manylinux wheels that works with numpy 2."""
+    newest: str
+    """The project's own (``components/constraints.txt``, the ``boosting`` extra)."""
+
+
+MODEL_LIBRARIES = {
+    # xgboost-cpu: XGBoost built without CUDA and NCCL; published from 2.1.1 on.
+    "xgboost": ModelLibrary("xgboost-cpu", "2.1.1", "3.2.0"),
+    # Its wheel needs the system's libgomp.so.1 (the Dockerfile installs libgomp1 if missing).
+    "lightgbm": ModelLibrary("lightgbm", "4.0.0", "4.7.0"),
+}
+"""Optional model libraries by the manifest's name (and module name)."""
+DISTRIBUTION_ALIASES = {
+    "tensorflow-cpu": "tensorflow",
+    **{lib.requirement: name for name, lib in MODEL_LIBRARIES.items() if lib.requirement != name},
+}
 """Requirement names that install another distribution's module (same version numbers)."""
 DEFAULT_IMAGE_NAME = "train-to-serve-model"
 LABEL_PREFIX = "io.train-to-serve"
@@ -54,8 +82,9 @@ class BuildPlan:
     framework: str
     """The ``FRAMEWORK`` build argument."""
     pins: dict[str, str] = field(default_factory=dict)
-    """Library versions the image installs in place of its requirement files' pins (the
-    model's own, for a scikit-learn model)."""
+    """Library versions the image installs in place of its requirement files' pins, or in
+    addition to them (a model library), by requirement name (the model's own, for a
+    scikit-learn model)."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +137,10 @@ def requirements_files(framework: str) -> list[Path]:
 def check_library_versions(
     manifest: Mapping[str, Any], requirements: Path | Sequence[Path]
 ) -> dict[str, str]:
-    """The model's versions of its framework's libraries (``FRAMEWORK_PINS``), checked: a
-    scikit-learn model's within ``SUPPORTED_VERSIONS`` (the image installs them), another
-    framework's equal to the pins of the image's requirement files.
+    """The model's versions of its framework's libraries (``FRAMEWORK_PINS``, and for a
+    scikit-learn model the ``MODEL_LIBRARIES`` its manifest records), checked: a scikit-learn
+    model's within ``SUPPORTED_VERSIONS`` or the model library's range (the image installs
+    them), another framework's equal to the pins of the image's requirement files.
 
     A manifest without ``libraries`` (hand-made models) is logged and passes: the server's
     load-time self-check still guards it.
@@ -130,6 +160,7 @@ def check_library_versions(
     pinned = FRAMEWORK_PINS.get(framework, PINNED_LIBRARIES)
     versions = {name: str(libraries[name]) for name in pinned if name in libraries}
     if framework == "scikit-learn":
+        versions |= {name: str(libraries[name]) for name in MODEL_LIBRARIES if name in libraries}
         check_supported(versions)
         return versions
     files = [requirements] if isinstance(requirements, Path) else list(requirements)
@@ -153,12 +184,13 @@ def check_library_versions(
 
 def check_supported(versions: Mapping[str, str]) -> None:
     """``BuildImageInputError`` naming the range for each version outside
-    ``SUPPORTED_VERSIONS``."""
+    ``SUPPORTED_VERSIONS`` (or its ``MODEL_LIBRARIES`` entry's)."""
     from packaging.version import InvalidVersion, Version
 
     outside = []
     for name, version in versions.items():
-        oldest, newest = SUPPORTED_VERSIONS[name]
+        library = MODEL_LIBRARIES.get(name)
+        oldest, newest = (library.oldest, library.newest) if library else SUPPORTED_VERSIONS[name]
         try:
             fits = Version(oldest) <= Version(version) <= Version(newest)
         except InvalidVersion:
@@ -206,10 +238,19 @@ def image_framework(framework: str, gpu: bool) -> str:
     return framework
 
 
+def requirement_pins(versions: Mapping[str, str]) -> dict[str, str]:
+    """``versions`` by the requirement that installs each (``MODEL_LIBRARIES``' distribution
+    for a model library, e.g. ``xgboost-cpu`` for ``xgboost``)."""
+    return {
+        (MODEL_LIBRARIES[name].requirement if name in MODEL_LIBRARIES else name): version
+        for name, version in versions.items()
+    }
+
+
 def prepare(model_dir: str | Path, bake_model: bool, gpu: bool) -> BuildPlan:
     """Read the model's manifest and check its library versions against the image's pins."""
     manifest = artifact.read_manifest(model_dir)
     framework = image_framework(str(manifest["framework"]), gpu)
     versions = check_library_versions(manifest, requirements_files(framework))
-    pins = versions if framework == "scikit-learn" else {}
+    pins = requirement_pins(versions) if framework == "scikit-learn" else {}
     return BuildPlan(manifest, image_labels(manifest, bake_model, versions), framework, pins)

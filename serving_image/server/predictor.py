@@ -122,6 +122,7 @@ class SklearnPredictor(TabularPredictor):
     def load(self, model_dir: Path, manifest: dict[str, Any]) -> None:
         import joblib
 
+        import_model_libraries(manifest)
         model = joblib.load(model_dir / manifest["model_file"])
         steps = getattr(model, "steps", None)
         if steps is not None:
@@ -332,6 +333,42 @@ PREDICTORS: dict[str, type[Predictor]] = {
 """Predictor class by the manifest's ``framework``."""
 
 
+MODEL_LIBRARY_MODULES = {"xgboost": "xgboost", "lightgbm": "lightgbm"}
+"""The module of each optional model library a scikit-learn model's manifest may record
+(``libraries``), by that name: the build installs them only for a model that records them
+(``components/imaging/plan.py``'s ``MODEL_LIBRARIES``, which must name the same)."""
+
+
+def import_model_libraries(manifest: dict[str, Any]) -> None:
+    """Import the optional model libraries the manifest records, before unpickling needs them.
+
+    Raises:
+        ModelLoadError: one is missing from this image or cannot be imported, naming it and
+            the version the model needs, instead of unpickling's bare ``ModuleNotFoundError``.
+    """
+    libraries = manifest.get("libraries") or {}
+    for name, module in MODEL_LIBRARY_MODULES.items():
+        if name not in libraries:
+            continue
+        needs = f"the model needs {name} {libraries[name]}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # the library is there, one of its own imports is not
+                raise ModelLoadError(
+                    f"{needs}, which cannot be imported in this image ({exc}): rebuild it with "
+                    "build_image"
+                ) from None
+            raise ModelLoadError(
+                f"{needs}, which this image does not have: rebuild it with build_image"
+            ) from None
+        except (ImportError, OSError) as exc:  # e.g. LightGBM without the system's libgomp
+            raise ModelLoadError(
+                f"{needs}, which cannot be imported in this image ({type(exc).__name__}: "
+                f"{exc}): rebuild it with build_image"
+            ) from None
+
+
 SKLEARN_MODULES = (
     "numpy",
     "pandas",
@@ -352,7 +389,8 @@ def preimport(model_source: str, choice: str = AUTO) -> list[str]:
     runtime is not safe to fork once started), a model whose compiled graph will serve
     (``choice``, ``SERVING_PREDICTOR``'s value: each worker imports onnxruntime itself, as it
     starts threads when imported) or a manifest it cannot read (the workers' load reports
-    why, with health at 503); only ``sklearn`` modules are taken from it.
+    why, with health at 503); only ``sklearn`` modules and the model libraries it records
+    (``MODEL_LIBRARY_MODULES``; importing one starts no thread) are taken from it.
     """
     directory = Path(model_source)
     if model_source.startswith("gs://") or not directory.is_dir():
@@ -369,9 +407,12 @@ def preimport(model_source: str, choice: str = AUTO) -> list[str]:
     modules = list(SKLEARN_MODULES)
     if estimator.startswith("sklearn."):
         modules.append(estimator.rpartition(".")[0])
+    libraries = manifest.get("libraries") or {}
+    modules += [module for name, module in MODEL_LIBRARY_MODULES.items() if name in libraries]
     imported = []
     for name in modules:
-        with contextlib.suppress(ImportError):
+        # OSError: a library's shared object that does not load; the workers' load says so.
+        with contextlib.suppress(ImportError, OSError):
             importlib.import_module(name)
             imported.append(name)
     return imported

@@ -1,5 +1,6 @@
 """What to build: library versions against the image's pins, labels, tags, the GPU variant."""
 
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -8,16 +9,21 @@ import pytest
 from components.imaging.context import assemble_build_context, serving_image_dir
 from components.imaging.names import BuildImageInputError
 from components.imaging.plan import (
+    MODEL_LIBRARIES,
     PINNED_LIBRARIES,
     SUPPORTED_VERSIONS,
     check_library_versions,
     default_tag,
     image_framework,
     image_labels,
+    prepare,
     read_pinned_requirements,
+    requirement_pins,
     requirements_files,
 )
 from serving_image.server import artifact
+from serving_image.server.predictor import MODEL_LIBRARY_MODULES
+from tests.server.boosted import export_boosted
 
 
 # ---------------------------------------------------------- library versions --
@@ -99,3 +105,57 @@ def test_the_gpu_variant_is_tensorflow_with_cuda_and_scikit_learn_stays_on_cpu()
     manifest = {"model_sha256": "ab" * 32}
     assert default_tag(manifest, bake_model=True, gpu=True) == "model-abababababab-gpu"
     assert default_tag(manifest, bake_model=False) == "latest"
+
+
+# --------------------------------------------------------- model libraries --
+def test_a_model_library_is_checked_added_to_the_requirements_and_labelled(
+    tmp_path: Path,
+) -> None:
+    newest = {name: high for name, (_, high) in SUPPORTED_VERSIONS.items()}
+    manifest = _manifest_with(**newest, joblib="1.6.0", xgboost="3.1.0", lightgbm="4.0.0")
+    requirements = serving_image_dir() / "requirements.txt"
+    versions = check_library_versions(manifest, requirements)
+    assert versions == {**newest, "xgboost": "3.1.0", "lightgbm": "4.0.0"}
+    pins = requirement_pins(versions)
+    assert pins["xgboost-cpu"] == "3.1.0" and pins["lightgbm"] == "4.0.0"
+    assert "xgboost" not in pins
+
+    context = assemble_build_context(tmp_path / "ctx", pins=pins)
+    text = (context / "requirements.txt").read_text()
+    original = requirements.read_text()
+    assert text.startswith(original)  # the image's own pins kept, scipy too
+    assert text.endswith("\nlightgbm==4.0.0\nxgboost-cpu==3.1.0\n")
+    assert read_pinned_requirements(context / "requirements.txt") == {
+        **read_pinned_requirements(requirements),
+        "xgboost": "3.1.0",  # xgboost-cpu installs the module xgboost, same version numbers
+        "lightgbm": "4.0.0",
+    }
+    label = image_labels(manifest, True, versions)["io.train-to-serve.libraries"]
+    assert label.endswith(" xgboost==3.1.0 lightgbm==4.0.0")
+
+
+def test_a_model_library_outside_its_range_is_refused_with_the_range() -> None:
+    newest = {name: high for name, (_, high) in SUPPORTED_VERSIONS.items()}
+    requirements = serving_image_dir() / "requirements.txt"
+    manifest = _manifest_with(**newest, lightgbm="3.3.5", xgboost="9.0.0")
+    with pytest.raises(BuildImageInputError) as caught:
+        check_library_versions(manifest, requirements)
+    message = str(caught.value)
+    lightgbm, xgboost = MODEL_LIBRARIES["lightgbm"], MODEL_LIBRARIES["xgboost"]
+    assert f"lightgbm 3.3.5 (supported: {lightgbm.oldest} to {lightgbm.newest})" in message
+    assert f"xgboost 9.0.0 (supported: {xgboost.oldest} to {xgboost.newest})" in message
+    assert "scikit-learn" not in message
+
+
+def test_the_newest_model_libraries_are_the_projects_and_the_server_imports_them() -> None:
+    for name, library in MODEL_LIBRARIES.items():
+        assert metadata.version(library.requirement) == library.newest, name
+    assert set(MODEL_LIBRARIES) == set(MODEL_LIBRARY_MODULES)
+
+
+def test_an_exported_lightgbm_model_gets_lightgbm_in_its_image(tmp_path: Path) -> None:
+    model = export_boosted("lightgbm", tmp_path / "model")
+    plan = prepare(model, bake_model=True, gpu=False)
+    version = metadata.version("lightgbm")
+    assert plan.framework == "scikit-learn" and plan.pins["lightgbm"] == version
+    assert f"lightgbm=={version}" in plan.labels["io.train-to-serve.libraries"].split()
