@@ -21,7 +21,7 @@ from typing import Any
 from components.training.evaluation import expected_predictions
 from components.training.fitting import FittedModel, NotCompilable
 from components.training.inputs import TrainingInputError
-from components.training.onnx_graph import pipeline_graph, pipeline_steps
+from components.training.onnx_graph import pipeline_graph
 from components.training.scikit_learn import SklearnModel
 from components.training.verification import GENERATED_ROWS, generated_rows
 from serving_image.server.artifact import TASKS
@@ -224,8 +224,11 @@ class ExternalModel(SklearnModel):
         import importlib
 
         fields = super().manifest_fields()
-        for _, step in pipeline_steps(self.pipeline):
-            package = type(step).__module__.split(".")[0]
-            if package in BOOSTING_LIBRARIES:
+        # Every estimator the model holds, however nested (a Pipeline's steps, a
+        # ColumnTransformer's transformers, a VotingClassifier's estimators): their deep params.
+        held = [self.pipeline, *self.pipeline.get_params(deep=True).values()]
+        for estimator in held:
+            package = type(estimator).__module__.split(".")[0]
+            if package in BOOSTING_LIBRARIES and hasattr(estimator, "get_params"):
                 fields["libraries"][package] = importlib.import_module(package).__version__
         return fields

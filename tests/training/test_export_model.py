@@ -109,6 +109,29 @@ def test_a_boosting_pipeline_exports_with_its_library_and_serves_uncompiled(
     assert answers == artifact.read_jsonl(tmp_path / artifact.EXPECTED_FILE)
 
 
+def test_boosting_libraries_nested_in_an_ensemble_are_recorded(
+    frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A VotingClassifier of XGBoost and LightGBM: the image must install both."""
+    from sklearn.ensemble import VotingClassifier
+
+    labels = frame["species"].map({"Adelie": 0, "Chinstrap": 1, "Gentoo": 2})
+    ensemble = VotingClassifier(
+        [
+            ("xgb", XGBClassifier(n_estimators=5, max_depth=2)),
+            ("lgbm", LGBMClassifier(n_estimators=5, num_leaves=4, verbose=-1)),
+        ],
+        voting="soft",
+    )
+    model = fitted(ensemble, frame, labels, scale=False)
+    manifest = export_model(
+        model, frame.assign(species=labels), tmp_path, target="species"
+    ).manifest
+
+    assert manifest["libraries"]["xgboost"] == xgboost.__version__
+    assert manifest["libraries"]["lightgbm"] == lightgbm.__version__
+
+
 def test_a_bare_regressor_exports_without_labels(frame: pd.DataFrame, tmp_path: Path) -> None:
     """No Pipeline, numbers only (NaN left to LightGBM), no target: regression, no metrics."""
     labelled = frame[frame["body_mass_g"].notna()]
