@@ -94,9 +94,8 @@ def infer_request(
     columns = {name: columns.get(name, [None] * count) for name in names}
     for feature in schema.features:
         check_column(feature, columns[feature.name])
-    instances = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
     wanted = tuple(tensor.name for tensor in request.outputs)
-    return PredictRequest(columns, count, output, instances), wanted
+    return PredictRequest(columns, count, output), wanted
 
 
 def _output(parameters: Any, schema: Schema) -> str:
@@ -183,17 +182,19 @@ def _from_raw(name: str, datatype: str, raw: bytes) -> list[Any]:
 
 
 def _missing_as_none(name: str, values: list[Any], numeric: bool) -> list[Any]:
-    if numeric:
-        return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
-    texts: list[Any] = []
-    for index, value in enumerate(values):
-        try:
-            texts.append(value.decode() if value else None)
-        except UnicodeDecodeError:
-            raise RequestError(
-                400, f"instances[{index}]: feature {name!r} is not UTF-8 text", index
-            ) from None
-    return texts
+    if numeric:  # NaN is the one value unequal to itself (integer tensors have none)
+        return [None if v != v else v for v in values]
+    try:
+        return [value.decode() if value else None for value in values]
+    except UnicodeDecodeError:  # rare: find the instance to name
+        for index, value in enumerate(values):
+            try:
+                value.decode()
+            except UnicodeDecodeError:
+                raise RequestError(
+                    400, f"instances[{index}]: feature {name!r} is not UTF-8 text", index
+                ) from None
+        raise
 
 
 def infer_response(

@@ -19,7 +19,7 @@ This module is free of pandas and scikit-learn: it runs before the model is invo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -112,8 +112,10 @@ class PredictRequest:
     columns: dict[str, list[Any]]
     count: int
     output: str
-    instances: list[Any]
-    """The instances as received, kept for error logs."""
+    instances: list[Any] = field(default_factory=list)
+    """The instances as received, kept for error logs: an HTTP request's (a gRPC request's
+    tensors are not kept as instances: its error logs name the count, and building them
+    would cost more than the tensors' decoding; a merged batch's neither)."""
 
 
 def parse_predict_request(body: bytes, schema: Schema) -> PredictRequest:
