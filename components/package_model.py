@@ -59,15 +59,6 @@ def package_model(
         target=target,
         task=task,
     )
-    manifest = result.manifest
-    packaged.metadata.update(
-        {
-            "framework": manifest["framework"],
-            "framework_version": manifest["framework_version"],
-            "task": manifest["task"],
-            "target": manifest["target"],
-            "model_sha256": manifest["model_sha256"],
-        }
-    )
+    packaged.metadata.update(result.artifact_metadata())
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

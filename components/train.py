@@ -77,21 +77,12 @@ def train(
         sample_size=sample_size,
         framework=framework,
     )
-    manifest = result.manifest
-    model.metadata.update(
-        {
-            "framework": manifest["framework"],
-            "framework_version": manifest["framework_version"],
-            "task": manifest["task"],
-            "target": manifest["target"],
-            "model_sha256": manifest["model_sha256"],
-        }
-    )
+    model.metadata.update(result.artifact_metadata())
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     if result.confusion_matrix:
         classification_metrics.log_confusion_matrix(
-            [str(c) for c in manifest["target_classes"]], result.confusion_matrix
+            [str(c) for c in result.manifest["target_classes"]], result.confusion_matrix
         )
     if result.roc_curve:
         classification_metrics.log_roc_curve(

@@ -67,6 +67,12 @@ class TrainingResult:
     confusion_matrix: list[list[int]] = field(default_factory=list)
     roc_curve: dict[str, list[float]] = field(default_factory=dict)
 
+    def artifact_metadata(self) -> dict[str, Any]:
+        """What the ``Model`` artifact's metadata shows of the manifest (the Vertex UI
+        lists it): framework and version, task, target, the model's sha256."""
+        keys = ("framework", "framework_version", "task", "target", "model_sha256")
+        return {key: self.manifest[key] for key in keys}
+
 
 def make_fitter(
     framework: str, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int

@@ -20,6 +20,17 @@ from components.local_model_upload import local_model_upload
 from pipelines.train_to_serve import BACKENDS, never_cached
 
 
+def vertex_settings(project: Any, location: Any, staging_bucket: Any, repository: Any) -> dict:
+    """What the Vertex steps take from a recipe's parameters: the project and region, the
+    build's staging folder and the Artifact Registry repository of the image."""
+    return {
+        "project": project,
+        "location": location,
+        "staging_bucket": staging_bucket,
+        "repository": repository,
+    }
+
+
 @dataclass(frozen=True)
 class Backend:
     """Where a recipe runs: ``"vertex"`` or ``"local"``, with our components in

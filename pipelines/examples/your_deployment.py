@@ -16,7 +16,7 @@ from kfp.dsl import Artifact, Input, Output
 
 from components.images import COMPONENTS_IMAGE
 from components.train import train
-from pipelines.examples.steps import Backend
+from pipelines.examples.steps import Backend, vertex_settings
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -127,12 +127,7 @@ def build_pipeline(backend: str = "vertex", components_image: str = COMPONENTS_I
     ) -> None:
         """Train on Vertex, build, check and push in Cloud Build; write your deployment's
         manifest."""
-        vertex = {
-            "project": project,
-            "location": location,
-            "staging_bucket": staging_bucket,
-            "repository": image_repository,
-        }
+        vertex = vertex_settings(project, location, staging_bucket, image_repository)
         _dag(steps, vertex, data, target, image_name, name)
 
     return vertex_pipeline

@@ -16,7 +16,7 @@ from kfp.dsl import Dataset, Model, Output
 
 from components.images import COMPONENTS_IMAGE
 from components.package_model import package_model
-from pipelines.examples.steps import Backend
+from pipelines.examples.steps import Backend, vertex_settings
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -136,12 +136,7 @@ def build_pipeline(backend: str = "vertex", components_image: str = COMPONENTS_I
     ) -> None:
         """Your training step, then our package, build and check (Cloud Build), and GCPC's
         upload."""
-        vertex = {
-            "project": project,
-            "location": location,
-            "staging_bucket": staging_bucket,
-            "repository": image_repository,
-        }
+        vertex = vertex_settings(project, location, staging_bucket, image_repository)
         _dag(steps, vertex, estimator, image_name, display_name, "")
 
     return vertex_pipeline

@@ -38,6 +38,21 @@ class FixtureServer:
         return self.log_path.read_text()
 
 
+def launch(script: Path, env: dict[str, str], log_path: Path, port: int) -> FixtureServer:
+    """Start the fixture server ``script`` with ``env``, listening on ``port``, its output
+    in ``log_path``."""
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return FixtureServer(process, log_path, f"http://127.0.0.1:{port}", started)
+
+
 @pytest.fixture
 def start_fixture(tmp_path: Path) -> Iterator[Callable[[str], FixtureServer]]:
     """Start fixture servers by folder name; all are killed after the test."""
@@ -52,17 +67,8 @@ def start_fixture(tmp_path: Path) -> Iterator[Callable[[str], FixtureServer]]:
             "PORT": str(free_local_port()),  # for wrong_port: anything but AIP_HTTP_PORT
             **vertex.vertex_environment(port, HEALTH_ROUTE, PREDICT_ROUTE),
         }
-        log_path = tmp_path / f"{name}.log"
-        started = time.monotonic()
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, str(FIXTURES_DIR / name / "server.py")],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        servers.append(FixtureServer(process, log_path, f"http://127.0.0.1:{port}", started))
+        script = FIXTURES_DIR / name / "server.py"
+        servers.append(launch(script, env, tmp_path / f"{name}.log", port))
         return servers[-1]
 
     yield start

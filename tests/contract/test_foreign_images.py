@@ -11,8 +11,6 @@ Our own image is still checked strictly, as exported: ``test_broken_images.py``.
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +31,7 @@ from components.contract_check import contract_check
 from components.imaging import build
 from components.runners import Engine, free_local_port
 from serving_image.server import artifact
-from tests.contract.conftest import FixtureServer
+from tests.contract.conftest import FixtureServer, launch
 from tests.support import compile_cli
 
 FOREIGN_DIR = Path(__file__).resolve().parent / "foreign_images"
@@ -126,16 +124,7 @@ def start_foreign(
             **variant,
         }
         log_path = tmp_path / f"foreign-{len(servers)}.log"
-        started = time.monotonic()
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, str(FOREIGN_DIR / "server.py")],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        servers.append(FixtureServer(process, log_path, f"http://127.0.0.1:{port}", started))
+        servers.append(launch(FOREIGN_DIR / "server.py", env, log_path, port))
         return servers[-1]
 
     yield start

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import joblib
 import pytest
-import yaml
-from kfp import compiler
 
 import compile as cli
 from components.imaging import build
 from components.runners import Engine
 from pipelines.examples.check_existing_image import build_pipeline
+from tests.pipelines.examples import compiled
 from tests.training.external_models import logistic_regression, penguins
 
 FOREIGN_DIR = Path(__file__).resolve().parents[2] / "contract" / "foreign_images"
@@ -32,8 +31,7 @@ def components_dir(tmp_path: Path) -> Path:
 def test_the_yaml_components_are_reused_in_another_pipeline(
     components_dir: Path, tmp_path: Path
 ) -> None:
-    compiler.Compiler().compile(build_pipeline(components_dir), str(tmp_path / "reuse.yaml"))
-    spec = yaml.safe_load((tmp_path / "reuse.yaml").read_text())
+    spec = compiled(build_pipeline(components_dir), tmp_path)
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {"package-model", "contract-check", "local-model-upload"}
     check = tasks["contract-check"]

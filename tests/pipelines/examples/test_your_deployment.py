@@ -7,21 +7,18 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from kfp import compiler
 
 from components.runners import Engine, ServerSpec, start_server
 from pipelines.examples.your_deployment import build_pipeline
 from serving_image.server import artifact
+from tests.pipelines.examples import COMPONENTS_IMAGE, compiled
 
 IMAGE = "localhost/train-to-serve-recipe-deployment"
 
 
 @pytest.mark.parametrize("backend", ["vertex", "local"])
 def test_compiles(backend: str, tmp_path: Path) -> None:
-    compiler.Compiler().compile(
-        build_pipeline(backend, "registry.example/c:1"), str(tmp_path / "p.yaml")
-    )
-    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    spec = compiled(build_pipeline(backend, COMPONENTS_IMAGE), tmp_path)
     tasks = spec["root"]["dag"]["tasks"]
     checker = "contract-check" if backend == "local" else "build-and-check"
     assert tasks["your-deployment"]["dependentTasks"] == [checker]
@@ -30,7 +27,7 @@ def test_compiles(backend: str, tmp_path: Path) -> None:
         "outputArtifactKey": "unmanaged_container_model",
     }
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"registry.example/c:1"}
+    assert images == {COMPONENTS_IMAGE}
 
 
 def test_bad_backend_is_refused() -> None:

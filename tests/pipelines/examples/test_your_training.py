@@ -7,20 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from kfp import compiler
 
 from pipelines.examples.your_training import build_pipeline
+from tests.pipelines.examples import COMPONENTS_IMAGE, compiled
 
 IMAGE = "localhost/train-to-serve-recipe-training"
 
 
 @pytest.mark.parametrize("backend", ["vertex", "local"])
 def test_compiles(backend: str, tmp_path: Path) -> None:
-    compiler.Compiler().compile(
-        build_pipeline(backend, "registry.example/c:1"), str(tmp_path / "p.yaml")
-    )
-    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    spec = compiled(build_pipeline(backend, COMPONENTS_IMAGE), tmp_path)
     tasks = spec["root"]["dag"]["tasks"]
     artifacts = tasks["package-model"]["inputs"]["artifacts"]
     assert artifacts["model"]["taskOutputArtifact"] == {
