@@ -45,11 +45,11 @@ from components.contract.rules import (
 )
 from components.contract.sample import (
     BATCH,
-    EVALUATION,
     SHAPE_NAMES,
     SINGLE,
     Comparison,
     Sample,
+    agreement,
     describe,
     describe_errors,
     json_body,
@@ -344,12 +344,7 @@ class _Checker:
         differed = [c for c in comparisons if c.differences]
         compared_as = self._compared_as(comparisons)
         if not differed:
-            shapes = ", ".join(SHAPE_NAMES[c.shape] for c in comparisons)
-            compared = max(c.compared for c in comparisons)
-            detail = (
-                f"all {compared} predictions equal the expected ones, sent {shapes} "
-                f"(rel_tol {self.settings.rel_tol:g}){compared_as}"
-            )
+            detail = agreement(comparisons, self.settings.rel_tol) + compared_as
             refused = {answer for c in comparisons for answer in c.refused.values()}
             if refused:
                 count = max(len(c.refused) for c in comparisons)
@@ -381,7 +376,7 @@ class _Checker:
         with an error instead of a prediction."""
         errored = [c for c in comparisons if c.errored]
         if not errored:
-            edges = sum(kind != EVALUATION for kind in self.sample.kinds)
+            edges = self.sample.edge_count()
             return pass_result("edge-errors", f"all {edges} edge instances got a prediction")
         errored.sort(key=lambda c: c.shape != SINGLE)  # alone, a request names one instance
         detail = (

@@ -42,7 +42,7 @@ from components.contract.rules import (
     pass_result,
     skip_result,
 )
-from components.contract.sample import SHAPE_NAMES, Comparison, Sample, describe
+from components.contract.sample import Comparison, Sample, agreement, describe
 from components.contract.settings import CheckSettings, ServerWatch
 from serving_image.server import artifact
 from serving_image.server.protos import grpc_predict_v2_pb2 as pb
@@ -374,13 +374,7 @@ class GrpcRules:
         comparisons = [self._compare(shape) for shape in self.settings.request_shapes]
         differed = [c for c in comparisons if c.differences]
         if not differed:
-            shapes = ", ".join(SHAPE_NAMES[c.shape] for c in comparisons)
-            compared = max(c.compared for c in comparisons)
-            detail = (
-                f"all {compared} predictions equal the expected ones, sent {shapes} "
-                f"(rel_tol {self.settings.rel_tol:g})"
-            )
-            return pass_result("grpc-values", detail)
+            return pass_result("grpc-values", agreement(comparisons, self.settings.rel_tol))
         detail = (
             "ModelInfer's predictions differ from the exported expectations: "
             f"{describe(self.sample, comparisons)}"

@@ -169,6 +169,10 @@ class Sample:
         """The instances of the first predict request: the start of the batch."""
         return self.requests(BATCH, max_bytes)[0]
 
+    def edge_count(self) -> int:
+        """How many of the instances are edge instances."""
+        return sum(kind != EVALUATION for kind in self.kinds)
+
     def edges(self, positions: Sequence[int]) -> bool:
         """Whether these are all edge instances (no evaluation row)."""
         return all(self.kinds[i] != EVALUATION for i in positions)
@@ -276,11 +280,20 @@ def describe(sample: Sample, comparisons: Sequence[Comparison]) -> str:
     return "; ".join(parts)
 
 
+def agreement(comparisons: Sequence[Comparison], rel_tol: float) -> str:
+    """The verdict of comparisons without a difference: how many predictions, sent how."""
+    shapes = ", ".join(SHAPE_NAMES[c.shape] for c in comparisons)
+    compared = max(c.compared for c in comparisons)
+    return (
+        f"all {compared} predictions equal the expected ones, sent {shapes} (rel_tol {rel_tol:g})"
+    )
+
+
 def describe_errors(sample: Sample, comparisons: Sequence[Comparison]) -> str:
     """How many edge instances each shape got an error for; the first shape's also by kind,
     with the answer (put the shape that sends each instance alone first: an error on a batch
     befalls every instance in it)."""
-    edges = sum(kind != EVALUATION for kind in sample.kinds)
+    edges = sample.edge_count()
     named, *others = comparisons
     answers = sorted({f"{sample.kinds[i]}: {answer}" for i, answer in named.errored.items()})
     parts = [

@@ -200,19 +200,26 @@ def _verdicts(report: ContractReport) -> dict[str, str]:
     return {r.rule: r.verdict(report.strict) for r in report.rules}
 
 
-def test_its_verdict_equals_the_local_check_rule_by_rule(
-    passing, engine: Engine, model_dir: Path
-) -> None:
-    request, result, _ = passing
-    in_build = read_report(result.output(VERDICT_STEP))
-    local, _ = check_model_image(
+def _local_check(request: Any, model_dir: Path, engine: Engine, **options: Any) -> Any:
+    """The local contract check of the image the build pushed, with the build's settings."""
+    report, _ = check_model_image(
         request.build.images[0],
         model_dir,
         health_route="/health",
         predict_route="/predict",
         settings=SETTINGS,
         engine=engine,
+        **options,
     )
+    return report
+
+
+def test_its_verdict_equals_the_local_check_rule_by_rule(
+    passing, engine: Engine, model_dir: Path
+) -> None:
+    request, result, _ = passing
+    in_build = read_report(result.output(VERDICT_STEP))
+    local = _local_check(request, model_dir, engine)
 
     assert _verdicts(in_build) == _verdicts(local)
     assert in_build.predictions == local.predictions
@@ -249,15 +256,7 @@ def test_with_grpc_on_the_grpc_rules_reach_the_container_by_name_as_the_local_ch
     assert [r.rule for r in grpc] == list(GRPC_RULES), in_build.to_markdown()
     assert all(r.passed and not r.skipped for r in grpc), in_build.to_markdown()
     assert in_build.settings["gRPC reached at"] == f"{SERVER_NAME}:{GRPC_PORT}"
-    local, _ = check_model_image(
-        request.build.images[0],
-        model_dir,
-        health_route="/health",
-        predict_route="/predict",
-        settings=SETTINGS,
-        engine=engine,
-        grpc_port=GRPC_PORT,
-    )
+    local = _local_check(request, model_dir, engine, grpc_port=GRPC_PORT)
     assert _verdicts(in_build) == _verdicts(local)
 
 
