@@ -68,19 +68,13 @@ def your_training(
         final = LogisticRegression(max_iter=2000)
     else:
         raise ValueError(f"estimator {estimator!r}: use lightgbm, xgboost or scikit-learn")
-    encode = ColumnTransformer(
-        [("text", OneHotEncoder(handle_unknown="ignore"), text)], remainder="passthrough"
-    )
+    steps = [("text", OneHotEncoder(handle_unknown="ignore"), text)]
     if estimator == "scikit-learn":  # no missing numbers for a linear model
         from sklearn.impute import SimpleImputer
 
         numbers = [name for name in x.columns if name not in text]
-        encode = ColumnTransformer(
-            [
-                ("text", OneHotEncoder(handle_unknown="ignore"), text),
-                ("numbers", SimpleImputer(strategy="median"), numbers),
-            ]
-        )
+        steps.append(("numbers", SimpleImputer(strategy="median"), numbers))
+    encode = ColumnTransformer(steps, remainder="passthrough")
     fitted = Pipeline([("encode", encode), ("classify", final)]).fit(x_train, y_train)
     os.makedirs(model.path, exist_ok=True)
     joblib.dump(fitted, os.path.join(model.path, "model.joblib"))
