@@ -118,12 +118,12 @@ class Sender:
         outcome = self._send_with_retries([record.instance for record in records])
         if isinstance(outcome, list):
             return [
-                (False, output_line(record.label, prediction=prediction))
+                (False, output_line(record.opening, prediction=prediction))
                 for record, prediction in zip(records, outcome, strict=True)
             ]
         if len(records) == 1:
             error = {"code": outcome.code, "message": outcome.message}
-            return [(True, output_line(records[0].label, error=error))]
+            return [(True, output_line(records[0].opening, error=error))]
         self._count("splits")
         half = len(records) // 2
         return self.predict(records[:half]) + self.predict(records[half:])
@@ -171,14 +171,15 @@ class Sender:
 
 
 def _predictions(response: httpx.Response, count: int) -> list[Any] | _Failure:
-    """The response's predictions, or why they cannot be used."""
-    status, text = response.status_code, _excerpt(response.text)
+    """The response's predictions, or why they cannot be used (the body's text is decoded
+    only to quote it in a failure: decoding every answer cost as much as parsing it)."""
+    status = response.status_code
     if status != 200:
         code = _RPC_CODES.get(status, INTERNAL if status >= 500 else INVALID_ARGUMENT)
         retry_after = response.headers.get("retry-after", "")
         return _Failure(
             code,
-            f"Non-OK result {status} ({text})",
+            f"Non-OK result {status} ({_excerpt(response.text)})",
             retryable=status == 429 or status >= 500,
             retry_after=float(retry_after) if retry_after.isdigit() else None,
         )
@@ -188,7 +189,7 @@ def _predictions(response: httpx.Response, count: int) -> list[Any] | _Failure:
         payload = None
     predictions = payload.get("predictions") if isinstance(payload, dict) else None
     if not isinstance(predictions, list):
-        message = f'answered 200 without a JSON "predictions" list ({text})'
+        message = f'answered 200 without a JSON "predictions" list ({_excerpt(response.text)})'
         return _Failure(INTERNAL, message, retryable=True)
     if len(predictions) != count:
         message = f"answered {len(predictions)} predictions for {count} instances"
@@ -201,6 +202,7 @@ def _excerpt(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
 
 
-def output_line(label: Mapping[str, Any], **value: Any) -> bytes:
-    """One output line: the record's label with its ``prediction`` or ``error``."""
-    return orjson.dumps({**label, **value})
+def output_line(opening: bytes, **value: Any) -> bytes:
+    """One output line: the record's ``opening`` (its label) closed by its ``prediction`` or
+    ``error``."""
+    return opening + orjson.dumps(value)[1:]

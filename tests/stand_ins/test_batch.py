@@ -12,6 +12,7 @@ a workstation and FAIL in CI (``CI=true``).
 """
 
 import fcntl
+import gc
 import json
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from components.files import TEMP_SUFFIX
@@ -116,7 +118,11 @@ def fault_server() -> Iterator[Callable[..., str]]:
 
 def records(path: Path, fmt: str, **selection: Any) -> list[tuple[Any, dict[str, Any], str]]:
     fields = FieldSelection(**selection)
-    return [(r.instance, r.label, r.error) for r in read_records([path], fmt, fields)]
+    # The instance as sent (a jsonl line sent whole is held as its own text, a Fragment).
+    return [
+        (orjson.loads(orjson.dumps(r.instance)), json.loads(r.opening[:-1] + b"}"), r.error)
+        for r in read_records([path], fmt, fields)
+    ]
 
 
 def test_jsonl_values_are_sent_as_they_are_and_blank_lines_skipped(tmp_path: Path) -> None:
@@ -201,8 +207,10 @@ def test_output_format_globs_and_keys(tmp_path: Path, fault_server: Callable[...
     (tmp_path / "in-2.jsonl").write_text('{"id": 2, "x": 3}\nnot json\n')
     out = tmp_path / "out"
 
+    thresholds = gc.get_threshold()
     summary = run_batch(url, str(tmp_path / "in-*.jsonl"), out, shard_size=3, progress=False)
 
+    assert gc.get_threshold() == thresholds  # rarer collections during the run only
     assert sorted(p.name for p in out.iterdir()) == [
         ".batch-state.json",
         ".batch.lock",
@@ -212,9 +220,10 @@ def test_output_format_globs_and_keys(tmp_path: Path, fault_server: Callable[...
         "prediction.results-00001-of-00002",
         "summary.json",
     ]
+    # The instance is the input line's own JSON text, copied; the rest is compact.
     assert (out / "prediction.results-00000-of-00002").read_text().splitlines() == [
-        '{"instance":{"id":0,"x":1},"prediction":{"id":0,"double":2}}',
-        '{"instance":{"id":2,"x":3},"prediction":{"id":2,"double":6}}',
+        '{"instance":{"id": 0, "x": 1},"prediction":{"id":0,"double":2}}',
+        '{"instance":{"id": 2, "x": 3},"prediction":{"id":2,"double":6}}',
     ]
     assert read_lines(out, ERRORS_PREFIX) == [
         {
