@@ -299,8 +299,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--capacity",
         type=Path,
         metavar="CAPACITY_JSON",
-        help="capacity.json of `compile.py capacity`: deploy machine, replicas, batch size and "
-        "batch replicas from its advice, where the parameters leave them unset",
+        help="capacity.json of `compile.py capacity`: deploy machine, replicas, CPU "
+        "autoscaling target, batch size and batch replicas from its advice, where the "
+        "parameters leave them unset",
     )
     parser.add_argument("--display-name", default="train-to-serve")
     parser.add_argument("--service-account", help="service account the run executes as")
@@ -371,7 +372,8 @@ def _advised(path: Path, parameters: dict[str, Any], template: Path) -> dict[str
             f"--capacity {path}: not a readable capacity.json ({exc}); write one with "
             "compile.py capacity --image IMAGE --model-dir DIR --machine-type TYPE"
         ) from None
-    framework = root_parameters(template).get("framework", {}).get("defaultValue")
+    declared = root_parameters(template)
+    framework = declared.get("framework", {}).get("defaultValue")
     try:
         advised = advised_parameters(document, {"framework": framework, **parameters})
     except KeyError as exc:
@@ -382,7 +384,13 @@ def _advised(path: Path, parameters: dict[str, Any], template: Path) -> dict[str
         raise UsageError(f"--capacity {path}: {exc}") from None
     for note in advised.notes:
         print(f"capacity: {note}")
-    return advised.values
+    values = dict(advised.values)
+    for name in sorted(set(values) - set(declared)):  # a template compiled before it existed
+        print(
+            f"capacity: {name}: {values.pop(name)!r} not applied: {template} has no such "
+            "parameter; compile it again with this version to apply it"
+        )
+    return values
 
 
 def _add_submit(subparsers: argparse._SubParsersAction) -> None:

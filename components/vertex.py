@@ -52,6 +52,11 @@ DEFAULT_ALIAS = "default"
 """The version alias Vertex resolves a model name without a version to: the serving one."""
 UNMANAGED_CONTAINER_MODEL = "google.UnmanagedContainerModel"
 """Schema title of the artifact GCPC's ``ModelUploadOp`` and ``ModelBatchPredictOp`` take."""
+CPU_UTILIZATION_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
+"""The autoscaling metric of a custom model on CPU machines
+(``DedicatedResources.autoscaling_metric_specs[].metric_name``)."""
+DEFAULT_TARGET_UTILIZATION = 60
+"""Vertex's default autoscaling target (percent), when a deployed model names none."""
 
 STAND_IN_ENDPOINT_ID = "7300000000000000001"
 STAND_IN_DEPLOYED_MODEL_ID = "7300000000000000002"

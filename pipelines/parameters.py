@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from components import vertex
-from components.capacity import DEFAULT_TARGET_UTILIZATION, SCHEMA_VERSION
+from components.capacity import SCHEMA_VERSION
 from components.rollout.steps import DEFAULT_ALIAS, PROMOTE_ALL, PROMOTE_CHOICES
 from components.stand_ins.batch_inputs import FORMATS
 from components.stand_ins.batch_runner import DEFAULT_BATCH_SIZE
@@ -365,6 +365,19 @@ def check_rollout(values: Mapping[str, Any]) -> None:
     check_grpc_port(values)
 
 
+def check_autoscaling_target(values: Mapping[str, Any]) -> None:
+    """``deploy_autoscaling_target`` (the Vertex pipeline's): 0 (Vertex's default,
+    ``vertex.DEFAULT_TARGET_UTILIZATION``) or a whole percent from 1 to 100, the range Vertex
+    takes for an ``AutoscalingMetricSpec``; ``ValueError`` naming the fault."""
+    target = values.get("deploy_autoscaling_target", 0)
+    if not _whole(target) or not 0 <= target <= 100:
+        raise ValueError(
+            f"deploy_autoscaling_target {target!r}: the CPU utilization target is a whole "
+            "percent from 1 to 100, or 0 for Vertex's default "
+            f"({vertex.DEFAULT_TARGET_UTILIZATION}%)"
+        )
+
+
 @dataclass(frozen=True)
 class Advised:
     """What a capacity report sets for a Vertex run, and one line per choice made."""
@@ -380,11 +393,11 @@ def advised_parameters(document: Mapping[str, Any], given: Mapping[str, Any]) ->
     capacity``), for the parameters ``given`` leaves unset; what ``given`` sets stays.
 
     The deploy advice fills ``deploy_machine_type`` (the machine measured),
-    ``deploy_min_replicas`` and ``deploy_max_replicas``; the batch advice
-    ``batch_machine_type``, ``batch_replica_count`` and ``batch_size`` for a scikit-learn
-    model (a TensorFlow model's batch job runs its GPU image, which the CPU measurement does
-    not describe). GCPC's ``ModelDeployOp`` takes no autoscaling target: a note says what was
-    advised against Vertex's default.
+    ``deploy_min_replicas``, ``deploy_max_replicas`` and ``deploy_autoscaling_target`` (the
+    CPU target the pipeline's ``set_autoscaling`` step sets after GCPC's deploy); the batch
+    advice ``batch_machine_type``, ``batch_replica_count`` and ``batch_size`` for a
+    scikit-learn model (a TensorFlow model's batch job runs its GPU image, which the CPU
+    measurement does not describe).
 
     Raises:
         ValueError: a report of another layout, one that refuses the machine type, or a
@@ -425,11 +438,7 @@ def advised_parameters(document: Mapping[str, Any], given: Mapping[str, Any]) ->
         fill("deploy_min_replicas", int(deploy["min_replica_count"]))
         low = int(given.get("deploy_min_replicas", deploy["min_replica_count"]))
         fill("deploy_max_replicas", max(low, int(deploy["max_replica_count"])))
-        notes.append(
-            f"autoscaling: advised CPU target {deploy['autoscaling_target']}%; GCPC's "
-            "ModelDeployOp takes no target, so Vertex's default "
-            f"({DEFAULT_TARGET_UTILIZATION}%) applies"
-        )
+        fill("deploy_autoscaling_target", int(deploy["autoscaling_target"]))
     if given.get("framework") == "tensorflow":
         notes.append(
             "batch: not from the report (a TensorFlow model's batch job runs its GPU image)"

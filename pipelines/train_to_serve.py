@@ -4,12 +4,12 @@ train -> build and contract-check the image -> evaluation gate -> upload (a new 
 an existing model, or a new model; the ``default`` alias not moved yet) -> in parallel: the
 rollout on the endpoint, and a batch prediction job (on a GPU on Vertex; a TensorFlow model's
 job runs the GPU variant of its image). The rollout: deploy next to the serving version at a
-canary share -> smoke test through the endpoint -> promote (traffic, ``default`` alias, the
-previous version undeployed, the promotion record) or roll back (traffic as before, the new
-deployed model undeployed, the run failed with the smoke test's findings). On Vertex the
-image is built, checked and pushed in one Cloud Build (``build_and_check``: a task there has
-no container engine); locally ``build_image`` and ``contract_check`` run with podman or
-docker.
+canary share -> (on Vertex) its CPU autoscaling target set -> smoke test through the endpoint
+-> promote (traffic, ``default`` alias, the previous version undeployed, the promotion
+record) or roll back (traffic as before, the new deployed model undeployed, the run failed
+with the smoke test's findings). On Vertex the image is built, checked and pushed in one
+Cloud Build (``build_and_check``: a task there has no container engine); locally
+``build_image`` and ``contract_check`` run with podman or docker.
 
 One factory, ``build_pipeline(components_image, backend)``, defines both variants from the
 same first half (``_train_build_check_gate``); only the Vertex resource steps differ:
@@ -17,8 +17,8 @@ same first half (``_train_build_check_gate``); only the Vertex resource steps di
 * ``backend="vertex"``: Google's own components (GCPC ``ModelUploadOp``, ``ModelDeployOp``,
   ``ModelBatchPredictOp``), each given ``location`` explicitly (GCPC defaults it to
   us-central1 whatever the run's region), and ours where GCPC has none (the endpoint found by
-  name, the canary's traffic split, the smoke test, promote and roll back: the aiplatform
-  SDK);
+  name, the canary's traffic split, the deployed model's autoscaling target, the smoke test,
+  promote and roll back: the aiplatform SDK);
 * ``backend="local"``: Python stand-ins that ``kfp.local`` can run and that keep Vertex's
   formats (``local_model_upload``, ``local_model_deploy``, ``local_batch_predict``): a
   directory-based model registry, endpoints as long-running local containers, and batch
@@ -53,11 +53,17 @@ from components.local_model_deploy import local_model_deploy
 from components.local_model_upload import local_model_upload
 from components.promote import promote
 from components.roll_back import roll_back
+from components.set_autoscaling import set_autoscaling
 from components.smoke_test import smoke_test
 from components.train import train
 from components.training import check_gate_metric
 from pipelines.accelerators import check_accelerator
-from pipelines.parameters import TRAINING_PARAMETERS, check_rollout, with_shared_parameters
+from pipelines.parameters import (
+    TRAINING_PARAMETERS,
+    check_autoscaling_target,
+    check_rollout,
+    with_shared_parameters,
+)
 
 PIPELINE_NAME = "train-to-serve"
 
@@ -69,6 +75,7 @@ OUR_COMPONENTS = {
     "evaluation_gate": evaluation_gate,
     "endpoint_get_or_create": endpoint_get_or_create,
     "canary_traffic_split": canary_traffic_split,
+    "set_autoscaling": set_autoscaling,
     "smoke_test": smoke_test,
     "promote": promote,
     "roll_back": roll_back,
@@ -266,6 +273,7 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
         deploy_machine_type: str = "n1-standard-2",
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
+        deploy_autoscaling_target: int = 0,
         batch_predictions_format: str = "jsonl",
         batch_bigquery_source: str = "",
         batch_bigquery_destination: str = "",
@@ -308,6 +316,10 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
             deploy_machine_type, deploy_min_replicas, deploy_max_replicas: dedicated resources
                 of the deployed model (``submit --capacity`` fills them from a capacity
                 report's advice where the run leaves them unset).
+            deploy_autoscaling_target: the CPU utilization target in percent (1 to 100) at
+                which Vertex autoscales the deployed model between the min and max replicas,
+                set after the deploy (``set_autoscaling``: GCPC's deploy takes none); 0 keeps
+                Vertex's default, 60 (``submit --capacity`` fills it from the report).
             canary_traffic_percent: the new version's share until its smoke test passes (0:
                 the smallest share, 1%, when the endpoint serves another model: a public
                 endpoint routes rawPredict by the split alone; 100 on an empty endpoint).
@@ -396,6 +408,17 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                     traffic_split=split.outputs["traffic_split"],
                 )
             )
+            # GCPC's deploy takes no autoscaling target: set it on the deployed model before
+            # the smoke test (0: nothing is sent, Vertex's default applies).
+            autoscaled = never_cached(
+                ours["set_autoscaling"](
+                    endpoint=target,
+                    model=model,
+                    cpu_target=deploy_autoscaling_target,
+                    min_replicas=deploy_min_replicas,
+                    max_replicas=deploy_max_replicas,
+                )
+            ).after(deployed)
             _rollout(
                 ours,
                 shared,
@@ -404,7 +427,7 @@ def _vertex_pipeline(ours: dict[str, Any], components_image: str, cache_training
                 endpoint=target,
                 model=model,
                 traffic_before=split.outputs["traffic_before"],
-                deployed=deployed,
+                deployed=autoscaled,
             )
             batch_job = {
                 "project": project,
@@ -611,6 +634,7 @@ def check_run_parameters(values: dict[str, Any], explicit: Collection[str] = ())
             )
     if int(values["deploy_max_replicas"]) < int(values["deploy_min_replicas"]):
         raise ValueError("deploy_max_replicas must be at least deploy_min_replicas")
+    check_autoscaling_target(values)
     for name in ("staging_bucket", "batch_output_uri_prefix"):
         if not str(values[name]).startswith("gs://"):
             raise ValueError(f"{name} {values[name]!r} must be a gs:// URI")

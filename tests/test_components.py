@@ -27,6 +27,7 @@ from components.package_model import package_model
 from components.promote import promote
 from components.roll_back import roll_back
 from components.rollout import PROMOTE_ALL
+from components.set_autoscaling import set_autoscaling
 from components.smoke_test import smoke_test
 from components.stand_ins.batch_inputs import FORMATS
 from components.stand_ins.batch_runner import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
@@ -43,6 +44,7 @@ COMPONENTS = {
     "evaluation_gate": evaluation_gate,
     "endpoint_get_or_create": endpoint_get_or_create,
     "canary_traffic_split": canary_traffic_split,
+    "set_autoscaling": set_autoscaling,
     "capacity_check": capacity_check,
     "smoke_test": smoke_test,
     "promote": promote,

@@ -14,11 +14,8 @@ from typing import Any
 
 from components import vertex
 from components.capacity.machines import GIB, MachineType, smallest_fitting, usable
+from components.vertex import CPU_UTILIZATION_METRIC, DEFAULT_TARGET_UTILIZATION
 
-CPU_UTILIZATION_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
-"""The autoscaling metric of a custom model on CPU machines."""
-DEFAULT_TARGET_UTILIZATION = 60
-"""Vertex's default autoscaling target (percent)."""
 PEAK_FACTOR = 2.0
 """Ours: the max replica count serves this multiple of the expected load at the target."""
 LOW_CPU_UTILIZATION = 0.5

@@ -7,6 +7,7 @@ smoke test of ``contract.smoke``. Joins rollout, contract and stand_ins, as
 from components.release.run import (
     LOCAL_PREFIX,
     RolloutFailed,
+    autoscale_version,
     evidence,
     promote_version,
     roll_back_version,
@@ -17,6 +18,7 @@ from components.release.run import (
 __all__ = [
     "LOCAL_PREFIX",
     "RolloutFailed",
+    "autoscale_version",
     "evidence",
     "promote_version",
     "roll_back_version",

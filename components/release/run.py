@@ -2,8 +2,9 @@
 
 ``targets`` picks the implementation from the endpoint's resource name: a local endpoint
 (``projects/local/...``: the router and registry of ``stand_ins``) or a Vertex one (the
-aiplatform SDK, ``rollout.vertex``). The three steps are the pipeline's, in order: the smoke
-test of the deployed version, then its promotion or its rollback, each leaving a record.
+aiplatform SDK, ``rollout.vertex``). The steps are the pipeline's, in order: the autoscaling
+of the deployed version (Vertex only), its smoke test, then its promotion or its rollback,
+each of the last two leaving a record.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from components.contract import Sample, SmokeReport, smoke_test
 from components.rollout import (
     Endpoint,
     Registry,
+    RolloutError,
     VertexEndpoint,
     VertexRegistry,
     find_deployed,
@@ -62,6 +64,69 @@ def targets(
         )
     parts = name.split("/")
     return VertexEndpoint(name), VertexRegistry(project=parts[1], location=parts[3])
+
+
+def autoscale_version(
+    endpoint: Endpoint,
+    version_name: str,
+    *,
+    min_replicas: int,
+    max_replicas: int,
+    cpu_target: int,
+) -> str:
+    """Set the CPU autoscaling target of ``version_name``'s deployed model (the newest
+    deployment of it, ``find_deployed``) on a Vertex endpoint, with its replica range
+    (``VertexEndpoint.set_autoscaling``); what was done, or why nothing was, in one line.
+
+    ``cpu_target`` 0 sends nothing: Vertex's default target applies. A local endpoint is left
+    as it is: it runs one container per deployed model, which does not scale. A change Vertex
+    refuses or fails is logged as an ERROR and the note says so, but the rollout goes on: the
+    version serves at the default target, and failing here would leave it deployed at its
+    share of the traffic without the smoke test that decides its promotion or rollback.
+
+    Raises:
+        RolloutError: ``cpu_target`` is not 0 to 100, or the version is not deployed on the
+            endpoint.
+    """
+    if not 0 <= cpu_target <= 100:
+        raise RolloutError(
+            f"CPU target {cpu_target}%: a whole percent from 1 to 100, or 0 for Vertex's "
+            f"default ({vertex.DEFAULT_TARGET_UTILIZATION}%)"
+        )
+    if endpoint.resource_name.startswith(LOCAL_PREFIX):
+        return (
+            f"{endpoint.resource_name} is local: it runs one container per deployed model "
+            "(no replicas, no autoscaling), so there is nothing to set"
+        )
+    if cpu_target == 0:
+        return (
+            f"no CPU target asked for (0): Vertex's default "
+            f"({vertex.DEFAULT_TARGET_UTILIZATION}%) applies between the deploy's replicas"
+        )
+    if not isinstance(endpoint, VertexEndpoint):
+        raise TypeError(f"autoscaling is set on a VertexEndpoint, not a {type(endpoint).__name__}")
+    deployed = find_deployed(endpoint, version_name)
+    try:
+        endpoint.set_autoscaling(
+            deployed.id,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            cpu_target=cpu_target,
+        )
+    except RolloutError as error:
+        note = (
+            f"autoscaling NOT set: {error}. {deployed.id} ({version_name}) serves at Vertex's "
+            f"default target ({vertex.DEFAULT_TARGET_UTILIZATION}%); the rollout goes on. Fix "
+            "the cause and set it with MutateDeployedModel, or deploy again"
+        )
+        logger.error(note)
+        return note
+    note = (
+        f"{deployed.id} ({version_name}) on {endpoint.resource_name}: {min_replicas} to "
+        f"{max_replicas} replicas at {cpu_target}% CPU utilization"
+    )
+    logger.info("autoscaling set: %s", note)
+    return note
 
 
 def smoke_tries(share: int) -> int:

@@ -1,9 +1,9 @@
 """A new version's rollout on a live endpoint: the endpoint, the steps, the record.
 
 ``endpoints`` finds or creates the Vertex endpoint by display name; ``steps`` promotes a
-deployed version or rolls it back; ``vertex`` is its endpoint and registry on Vertex AI, and
-the traffic split a new version is deployed with; ``record`` the promotion record and the
-model evaluation the registry shows.
+deployed version or rolls it back; ``vertex`` is its endpoint and registry on Vertex AI (the
+endpoint also sets a deployed model's autoscaling), and the traffic split a new version is
+deployed with; ``record`` the promotion record and the model evaluation the registry shows.
 """
 
 from components.rollout.endpoints import endpoint_uri, get_or_create_endpoint

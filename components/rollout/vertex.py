@@ -1,5 +1,6 @@
 """The rollout's endpoint and registry on Vertex AI (``steps.Endpoint``, ``steps.Registry``),
-with the aiplatform SDK, and the traffic split a new version is deployed with.
+with the aiplatform SDK, the traffic split a new version is deployed with, and the autoscaling
+of a deployed model (``VertexEndpoint.set_autoscaling``: what GCPC's deploy cannot set).
 
 Every read goes to the service again (another step may have changed the endpoint since), and a
 traffic split is checked with Vertex's rules (``traffic.check_split``) before it is sent, so a
@@ -17,6 +18,19 @@ from typing import Any
 from components import traffic
 from components.rollout.steps import DeployedModel, RolloutError
 from components.runners import Exchange
+from components.vertex import CPU_UTILIZATION_METRIC
+
+AUTOSCALING_MASK = (
+    "dedicated_resources.min_replica_count",
+    "dedicated_resources.max_replica_count",
+    "dedicated_resources.autoscaling_metric_specs",
+)
+"""The ``DeployedModel`` fields ``set_autoscaling`` changes (``MutateDeployedModel``'s
+``update_mask``; Vertex mutates only these, ``required_replica_count`` and
+``disable_container_logging``)."""
+MUTATE_TIMEOUT_S = 1800.0
+"""Ours: how long ``set_autoscaling`` waits for ``MutateDeployedModel``'s operation (a higher
+minimum starts replicas, which can take as long as a deploy)."""
 
 SMOKE_SHARE_PERCENT = 1
 """The smallest share a new version is deployed with next to other models when a share of 0 is
@@ -122,6 +136,102 @@ class VertexEndpoint:
                 "to the others first"
             )
         self._endpoint.undeploy(deployed_model_id)
+
+    def set_autoscaling(
+        self,
+        deployed_model_id: str,
+        *,
+        min_replicas: int,
+        max_replicas: int,
+        cpu_target: int,
+        timeout_s: float = MUTATE_TIMEOUT_S,
+    ) -> None:
+        """Scale a deployed model between ``min_replicas`` and ``max_replicas`` at
+        ``cpu_target`` percent CPU utilization (``MutateDeployedModel`` with the mask
+        ``AUTOSCALING_MASK``, through the SDK's own endpoint client), and wait up to
+        ``timeout_s`` for its operation.
+
+        GCPC's ``ModelDeployOp`` has no input for the target: this sets it after the deploy.
+
+        Raises:
+            RolloutError: a value Vertex would refuse (a minimum under 1, a maximum under the
+                minimum, a target outside 1 to 100), a model not deployed here, or one not on
+                dedicated resources: nothing was sent. Or the service refused the request, the
+                operation failed, or it was not done within ``timeout_s``.
+        """
+        from google.api_core import exceptions
+        from google.cloud.aiplatform_v1.types import (
+            AutoscalingMetricSpec,
+            DedicatedResources,
+            MutateDeployedModelRequest,
+        )
+        from google.cloud.aiplatform_v1.types import DeployedModel as GapicDeployedModel
+        from google.protobuf import field_mask_pb2
+
+        what = f"set the autoscaling of {deployed_model_id} on {self.resource_name}"
+        if min_replicas < 1:
+            raise RolloutError(
+                f"{what}: min_replicas {min_replicas}; Vertex keeps at least 1 replica of a "
+                "deployed model: pass 1 or more; nothing was sent"
+            )
+        if max_replicas < min_replicas:
+            raise RolloutError(
+                f"{what}: max_replicas {max_replicas} is under min_replicas {min_replicas}: "
+                "pass a maximum at least the minimum; nothing was sent"
+            )
+        if not 1 <= cpu_target <= 100:
+            raise RolloutError(
+                f"{what}: CPU target {cpu_target}%; Vertex takes a whole percent from 1 to 100 "
+                "(0 in the pipeline keeps Vertex's default): pass one within that; nothing "
+                "was sent"
+            )
+        live = {d.id: d for d in self._resource().deployed_models}
+        if deployed_model_id not in live:
+            raise RolloutError(
+                f"{what}: it is not deployed there (deployed: {', '.join(live) or 'none'}); "
+                "nothing was sent"
+            )
+        if "dedicated_resources" not in live[deployed_model_id]:
+            raise RolloutError(
+                f"{what}: it does not run on dedicated resources (a machine type of its own), "
+                "and only those take an autoscaling target: deploy it with a machine type; "
+                "nothing was sent"
+            )
+        request = MutateDeployedModelRequest(
+            endpoint=self.resource_name,
+            deployed_model=GapicDeployedModel(
+                id=deployed_model_id,
+                dedicated_resources=DedicatedResources(
+                    min_replica_count=min_replicas,
+                    max_replica_count=max_replicas,
+                    autoscaling_metric_specs=[
+                        AutoscalingMetricSpec(metric_name=CPU_UTILIZATION_METRIC, target=cpu_target)
+                    ],
+                ),
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=list(AUTOSCALING_MASK)),
+        )
+        try:
+            operation = self._endpoint.api_client.mutate_deployed_model(request=request)
+        except exceptions.GoogleAPICallError as error:
+            raise RolloutError(
+                f"{what}: Vertex refused MutateDeployedModel ({error}); the deployed model "
+                "keeps its replicas and target: check the values and the run's "
+                "aiplatform.endpoints.update permission"
+            ) from error
+        name = operation.operation.name
+        try:
+            operation.result(timeout=timeout_s)
+        except exceptions.GoogleAPICallError as error:
+            raise RolloutError(
+                f"{what}: the operation {name} failed ({error}); the deployed model keeps its "
+                "replicas and target: see the operation's error, fix it and run again"
+            ) from error
+        except TimeoutError as error:  # concurrent.futures.TimeoutError is this one
+            raise RolloutError(
+                f"{what}: the operation {name} was not done within {timeout_s:g} s; it may "
+                "still finish: look at the endpoint's deployed model before running again"
+            ) from error
 
     def raw_predict(self, deployed_model_id: str, body: bytes, timeout_s: float) -> Exchange:
         """POST ``body`` to the endpoint's rawPredict (JSON). The traffic split picks the

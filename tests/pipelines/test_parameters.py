@@ -106,13 +106,54 @@ def test_a_capacity_report_fills_what_the_run_leaves_unset() -> None:
         "deploy_machine_type": "n1-standard-2",
         "deploy_min_replicas": deploy["min_replica_count"],
         "deploy_max_replicas": deploy["max_replica_count"],
+        "deploy_autoscaling_target": deploy["autoscaling_target"],
         "batch_machine_type": "n1-standard-2",
         "batch_replica_count": batch["replica_count"],
     }
     # 300 requests/s at 60% of the 75 requests/s a replica serves within the SLO
     assert (deploy["min_replica_count"], deploy["max_replica_count"]) == (7, 14)
+    assert type(advised.values["deploy_autoscaling_target"]) is int
+    assert 1 <= deploy["autoscaling_target"] <= 100
+    assert (
+        f"deploy_autoscaling_target: {deploy['autoscaling_target']} from the capacity report"
+        in advised.notes
+    )
     assert f"batch_size: 32 as given (advised: {batch['batch_size']})" in advised.notes
-    assert any("GCPC's ModelDeployOp takes no target" in note for note in advised.notes)
+    assert not any("takes no target" in note for note in advised.notes)
+
+
+@pytest.mark.parametrize("given", [0, 75])
+def test_a_given_autoscaling_target_stays(given: int) -> None:
+    from pipelines.parameters import advised_parameters
+
+    report = capacity_report()
+    advised = advised_parameters(report, {"deploy_autoscaling_target": given})
+    assert "deploy_autoscaling_target" not in advised.values
+    advised_target = report["deploy"]["autoscaling_target"]
+    assert (
+        f"deploy_autoscaling_target: {given!r} as given (advised: {advised_target!r})"
+        in advised.notes
+    )
+
+
+@pytest.mark.parametrize("target", [0, 1, 60, 100, 45.0])
+def test_an_autoscaling_target_vertex_takes_is_accepted(target: float) -> None:
+    from pipelines.parameters import check_autoscaling_target
+
+    check_autoscaling_target({"deploy_autoscaling_target": target})  # 45.0: a compiled default
+    check_autoscaling_target({})  # the local pipeline has none
+
+
+@pytest.mark.parametrize("target", [-1, 101, 45.5, True, "60"])
+def test_an_autoscaling_target_out_of_range_is_refused(target: object) -> None:
+    from pipelines.parameters import check_autoscaling_target
+
+    with pytest.raises(ValueError) as refused:
+        check_autoscaling_target({"deploy_autoscaling_target": target})
+    assert str(refused.value) == (
+        f"deploy_autoscaling_target {target!r}: the CPU utilization target is a whole percent "
+        "from 1 to 100, or 0 for Vertex's default (60%)"
+    )
 
 
 def test_a_given_minimum_above_the_advised_maximum_raises_the_maximum() -> None:

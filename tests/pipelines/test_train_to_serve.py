@@ -76,6 +76,7 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "package_model.yaml",
         "promote.yaml",
         "roll_back.yaml",
+        "set_autoscaling.yaml",
         "smoke_test.yaml",
         "train.yaml",
     ]
@@ -192,6 +193,39 @@ def test_rollout_steps_in_order(spec: dict) -> None:
         }
 
 
+def test_the_autoscaling_target_is_set_between_the_deploy_and_the_smoke_test(spec: dict) -> None:
+    """GCPC's deploy takes no autoscaling target: ``set-autoscaling`` sets it on the deployed
+    model (the endpoint and the version the deploy got), with the run's replica range, before
+    the smoke test, inside the gate."""
+    tasks = _tasks(spec)
+    step = tasks["set-autoscaling"]
+    assert step["componentRef"]["name"] == "comp-set-autoscaling"
+    assert "model-deploy" in step["dependentTasks"]
+    assert "model-deploy" in _upstream(tasks, "set-autoscaling")
+    assert "set-autoscaling" in tasks["smoke-test"]["dependentTasks"]
+    assert "smoke-test" not in _upstream(tasks, "set-autoscaling")
+    assert tasks["set-autoscaling"]["group"] == tasks["model-deploy"]["group"]
+    assert step["inputs"]["parameters"] == {
+        "cpu_target": {"componentInputParameter": "pipelinechannel--deploy_autoscaling_target"},
+        "min_replicas": {"componentInputParameter": "pipelinechannel--deploy_min_replicas"},
+        "max_replicas": {"componentInputParameter": "pipelinechannel--deploy_max_replicas"},
+    }
+    # the same endpoint and model artifacts the deploy and the smoke test take
+    for name in ("endpoint", "model"):
+        source = step["inputs"]["artifacts"][name]
+        assert source == tasks["model-deploy"]["inputs"]["artifacts"][name]
+        assert source == tasks["smoke-test"]["inputs"]["artifacts"][name]
+    run = {
+        **RUN_VALUES,
+        "deploy_autoscaling_target": 45,
+        "deploy_min_replicas": 2,
+        "deploy_max_replicas": 7,
+    }
+    inputs = _task_inputs(spec, "exec-set-autoscaling", run)
+    assert (inputs["cpu_target"], inputs["min_replicas"], inputs["max_replicas"]) == (45, 2, 7)
+    assert _task_inputs(spec, "exec-set-autoscaling", RUN_VALUES)["cpu_target"] == 0
+
+
 def test_gcpc_deploy_request_carries_the_canary_split(spec: dict, tmp_path: Path) -> None:
     """GCPC's own deploy launcher, given the split ``canary_traffic_split`` computes for an
     endpoint serving one model, sends Vertex's ``DeployModelRequest`` with it."""
@@ -275,6 +309,7 @@ def test_the_gate_guards_upload_deploy_and_batch(spec: dict) -> None:
         "model-batch-predict-2",
         "endpoint-get-or-create",
         "canary-traffic-split",
+        "set-autoscaling",
         "smoke-test",
         "promote",
         "roll-back",
@@ -345,6 +380,7 @@ def test_parameters(spec: dict) -> None:
     assert defaults["batch_accelerator_count"] == 1
     assert defaults["version_aliases"] == []  # default moves only after the smoke test
     assert defaults["canary_traffic_percent"] == 0
+    assert defaults["deploy_autoscaling_target"] == 0  # Vertex's default target
     assert defaults["promote"] == "all"
     assert defaults["keep_previous_deployments"] is False
     assert defaults["gate_metric"] == "accuracy"
@@ -373,6 +409,7 @@ def test_our_tasks_run_in_the_components_image(spec: dict) -> None:
         "exec-build-and-check-2",  # the GPU variant for a TensorFlow model's batch job
         "exec-endpoint-get-or-create",
         "exec-canary-traffic-split",
+        "exec-set-autoscaling",
         "exec-smoke-test",
         "exec-promote",
         "exec-roll-back",
@@ -733,6 +770,13 @@ def test_gcpc_batch_prediction_request(spec: dict, tmp_path: Path, framework: st
         ({"grpc_port": 65536}, "grpc_port 65536: a port from 1 to 65535 (e.g. 8081), or 0"),
         ({"grpc_port": -1}, "grpc_port -1: a port from 1 to 65535"),
         ({"grpc_port": True}, "grpc_port True: a port from 1 to 65535"),
+        (
+            {"deploy_autoscaling_target": 101},
+            "deploy_autoscaling_target 101: the CPU utilization target is a whole percent from "
+            "1 to 100, or 0 for Vertex's default (60%)",
+        ),
+        ({"deploy_autoscaling_target": -5}, "deploy_autoscaling_target -5: the CPU utilization"),
+        ({"deploy_autoscaling_target": 45.5}, "deploy_autoscaling_target 45.5: the CPU"),
     ],
 )
 def test_run_parameters_vertex_would_refuse(change: dict, message: str) -> None:
@@ -794,6 +838,7 @@ def test_tasks_that_create_or_change_resources_are_never_cached(spec: dict) -> N
     assert cached == {"evaluation-gate", "importer", "importer-2"}
     never = {"train", "build-and-check", "model-upload", "endpoint-get-or-create"}
     never |= {"model-deploy", "canary-traffic-split", "smoke-test", "promote", "roll-back"}
+    never |= {"set-autoscaling"}
     never |= {"model-batch-predict"}
     assert never <= leaves - cached
 

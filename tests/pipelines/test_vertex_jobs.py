@@ -10,6 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import yaml
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.aiplatform_v1.services.pipeline_service import PipelineServiceClient
 from google.cloud.aiplatform_v1.services.schedule_service import ScheduleServiceClient
@@ -419,10 +420,34 @@ def test_submit_takes_deploy_and_batch_sizes_from_a_capacity_report(
     assert values["deploy_machine_type"] == report["machine_type"]
     assert values["deploy_min_replicas"] == report["deploy"]["min_replica_count"]
     assert values["deploy_max_replicas"] == report["deploy"]["max_replica_count"]
+    assert values["deploy_autoscaling_target"] == report["deploy"]["autoscaling_target"]
     assert values["batch_machine_type"] == report["machine_type"]
     assert values["batch_replica_count"] == report["batch"]["replica_count"]
     assert values["batch_size"] == 50  # given: the run's own value wins
     assert "capacity: deploy_min_replicas: 7 from the capacity report" in capsys.readouterr().out
+
+
+def test_an_advised_value_a_template_compiled_before_it_lacks_is_left_out_and_said(
+    train_to_serve: Path, captured: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from tests.pipelines.test_parameters import capacity_report
+
+    old = yaml.safe_load(train_to_serve.read_text())
+    del old["root"]["inputDefinitions"]["parameters"]["deploy_autoscaling_target"]
+    template = tmp_path / "old.yaml"
+    template.write_text(yaml.safe_dump(old))
+    path = tmp_path / "capacity.json"
+    path.write_text(json.dumps(capacity_report()))
+    args = ["submit", *RUN, "--template", str(template), "--capacity", str(path)]
+    args += ["--param", "staging_bucket=gs://b/staging"]
+    args += ["--param", "batch_output_uri_prefix=gs://b/out"]
+    args += ["--param", 'batch_gcs_source_uris=["gs://b/in.jsonl"]']
+    assert cli.main(args) == 0
+    values = dict(captured["job"]["job"].runtime_config.parameter_values)
+    assert "deploy_autoscaling_target" not in values
+    assert values["deploy_min_replicas"] == 7
+    out = capsys.readouterr().out
+    assert "has no such parameter; compile it again with this version to apply it" in out
 
 
 @pytest.mark.parametrize(

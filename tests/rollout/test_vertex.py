@@ -4,6 +4,7 @@ session (no credentials, no network), field by field."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -17,13 +18,17 @@ from google.cloud import aiplatform
 from google.cloud.aiplatform_v1.services.endpoint_service import EndpointServiceClient
 from google.cloud.aiplatform_v1.services.model_service import ModelServiceClient
 from google.cloud.aiplatform_v1.types import (
+    AutoscalingMetricSpec,
+    DedicatedResources,
     DeployedModel,
     Endpoint,
     GetEndpointRequest,
     ImportModelEvaluationRequest,
+    MachineSpec,
     MergeVersionAliasesRequest,
     Model,
     ModelEvaluation,
+    MutateDeployedModelRequest,
     UndeployModelRequest,
     UpdateEndpointRequest,
 )
@@ -49,6 +54,18 @@ MODEL = f"{PARENT}/models/42"
 RAW_PREDICT_URL = f"https://{LOCATION}-aiplatform.googleapis.com/v1/{ENDPOINT}:rawPredict"
 DEPLOYED_MODEL_HEADER = "X-Vertex-AI-Deployed-Model-Id"
 SERVICE_FIELDS = ("retry", "timeout", "metadata")
+MUTABLE = {
+    f"dedicated_resources.{name}"
+    for name in (
+        "min_replica_count",
+        "max_replica_count",
+        "required_replica_count",
+        "autoscaling_metric_specs",
+    )
+} | {"disable_container_logging"}
+"""What ``MutateDeployedModel`` changes of a ``DeployedModel`` (its reference); Vertex refuses
+a mask naming anything else."""
+CPU_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
 
 
 def _request(kind: Any, request: Any, fields: dict[str, Any]) -> Any:
@@ -58,9 +75,18 @@ def _request(kind: Any, request: Any, fields: dict[str, Any]) -> Any:
     return kind(**{k: v for k, v in fields.items() if k not in SERVICE_FIELDS and v is not None})
 
 
-def _operation(result: Any = None) -> Any:
-    """A finished long-running operation, as far as the SDK reads one."""
-    return SimpleNamespace(operation=SimpleNamespace(name="ops/1"), result=lambda **_: result)
+def _operation(result: Any = None, error: Exception | None = None, waits: list | None = None):
+    """A long-running operation, as far as the SDK (and ``set_autoscaling``) reads one: its
+    ``result`` returns ``result`` or raises ``error``, and notes each wait in ``waits``."""
+
+    def wait(**kwargs: Any) -> Any:
+        if waits is not None:
+            waits.append(kwargs)
+        if error is not None:
+            raise error
+        return result
+
+    return SimpleNamespace(operation=SimpleNamespace(name="ops/1"), result=wait)
 
 
 class FakeVertex:
@@ -75,10 +101,22 @@ class FakeVertex:
         """The deployed model that answers rawPredict; the largest share when None."""
         self.transport_error: Exception | None = None
         self.hosts: list[str] = []
+        self.refusal: Exception | None = None
+        """What ``mutate_deployed_model`` raises at once (the service refuses the request)."""
+        self.operation_error: Exception | None = None
+        """What its operation raises when waited for (it failed, or was not done in time)."""
+        self.waits: list[dict[str, Any]] = []
 
     def sent(self, *kinds: str) -> list[tuple[str, Any]]:
         """The requests that change something or predict (gets left out), in order."""
-        wanted = kinds or ("update", "undeploy", "merge_aliases", "import_evaluation", "predict")
+        wanted = kinds or (
+            "update",
+            "undeploy",
+            "mutate",
+            "merge_aliases",
+            "import_evaluation",
+            "predict",
+        )
         return [(kind, request) for kind, request in self.requests if kind in wanted]
 
     def get_endpoint(self, client, request=None, **fields):
@@ -117,6 +155,26 @@ class FakeVertex:
         }
         return _operation()
 
+    def mutate_deployed_model(self, client, request=None, **fields):
+        request = _request(MutateDeployedModelRequest, request, fields)
+        self.requests.append(("mutate", request))
+        self.hosts.append(client.api_endpoint)
+        if self.refusal is not None:
+            raise self.refusal
+        live = self.endpoints[request.endpoint]
+        paths = list(request.update_mask.paths)
+        if not paths or set(paths) - MUTABLE:
+            raise exceptions.InvalidArgument(f"update_mask {paths}: only {sorted(MUTABLE)}")
+        target = {d.id: d for d in live.deployed_models}.get(request.deployed_model.id)
+        if target is None:
+            raise exceptions.NotFound(f"deployed model {request.deployed_model.id!r}")
+        if self.operation_error is None:  # Vertex applies the masked fields only
+            sent = request.deployed_model.dedicated_resources
+            for path in paths:
+                name = path.removeprefix("dedicated_resources.")
+                setattr(target.dedicated_resources, name, getattr(sent, name))
+        return _operation(DeployedModel(target), self.operation_error, self.waits)
+
     def merge_version_aliases(self, client, request=None, **fields):
         request = _request(MergeVersionAliasesRequest, request, fields)
         self.requests.append(("merge_aliases", request))
@@ -154,7 +212,12 @@ def install(monkeypatch: pytest.MonkeyPatch, *endpoints: Endpoint) -> FakeVertex
     """``FakeVertex`` in place of the services (the test packages' fixtures call this)."""
     fake = FakeVertex(*endpoints)
     methods = {
-        EndpointServiceClient: ("get_endpoint", "update_endpoint", "undeploy_model"),
+        EndpointServiceClient: (
+            "get_endpoint",
+            "update_endpoint",
+            "undeploy_model",
+            "mutate_deployed_model",
+        ),
         ModelServiceClient: ("merge_version_aliases", "import_model_evaluation"),
     }
     for client, names in methods.items():
@@ -168,6 +231,17 @@ def install(monkeypatch: pytest.MonkeyPatch, *endpoints: Endpoint) -> FakeVertex
 def deployed(id_: str, version: str, day: int, model: str = MODEL) -> DeployedModel:
     created = datetime(2026, 2, day, 12, tzinfo=timezone.utc)
     return DeployedModel(id=id_, model=model, model_version_id=version, create_time=created)
+
+
+def on_machine(model: DeployedModel, replicas: tuple[int, int] = (1, 1)) -> DeployedModel:
+    """``model`` on dedicated resources, as GCPC's deploy leaves it: a machine type, the
+    replica range, no autoscaling metric (Vertex's default target)."""
+    model.dedicated_resources = DedicatedResources(
+        machine_spec=MachineSpec(machine_type="n1-standard-2"),
+        min_replica_count=replicas[0],
+        max_replica_count=replicas[1],
+    )
+    return model
 
 
 def live_endpoint(split: dict[str, int], *models: DeployedModel) -> Endpoint:
@@ -335,6 +409,131 @@ def test_undeploy_refuses_what_vertex_would_before_any_request(
         vertex_endpoint().undeploy(deployed_id)
 
     assert fake.sent() == []
+
+
+# --- set_autoscaling ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def autoscaled(service) -> FakeVertex:
+    """Version 2 serving at 90% on 3 to 3 replicas, version 3 just deployed at 10% on 1 to 1."""
+    return service(
+        live_endpoint(
+            {"old": 90, "new": 10},
+            on_machine(deployed("old", "2", 1), (3, 3)),
+            on_machine(deployed("new", "3", 2)),
+        )
+    )
+
+
+def test_set_autoscaling_sends_the_replicas_and_the_cpu_target_under_their_mask(
+    autoscaled,
+) -> None:
+    from components.rollout.vertex import MUTATE_TIMEOUT_S
+
+    vertex_endpoint().set_autoscaling("new", min_replicas=2, max_replicas=7, cpu_target=45)
+
+    ((kind, request),) = autoscaled.sent()
+    assert kind == "mutate" and isinstance(request, MutateDeployedModelRequest)
+    assert request.endpoint == ENDPOINT
+    assert request.deployed_model.id == "new"
+    resources = request.deployed_model.dedicated_resources
+    assert (resources.min_replica_count, resources.max_replica_count) == (2, 7)
+    ((spec,),) = [list(resources.autoscaling_metric_specs)]
+    assert (spec.metric_name, spec.target) == (CPU_METRIC, 45)
+    assert list(request.update_mask.paths) == [
+        "dedicated_resources.min_replica_count",
+        "dedicated_resources.max_replica_count",
+        "dedicated_resources.autoscaling_metric_specs",
+    ]
+    assert not resources.machine_spec.machine_type  # not mutable: not sent
+    assert autoscaled.hosts == [f"{LOCATION}-aiplatform.googleapis.com"]  # the SDK's client
+    assert autoscaled.waits == [{"timeout": MUTATE_TIMEOUT_S}]  # the operation waited for
+    old, new = autoscaled.endpoints[ENDPOINT].deployed_models
+    assert (
+        new.dedicated_resources.min_replica_count,
+        new.dedicated_resources.max_replica_count,
+    ) == (2, 7)
+    assert list(new.dedicated_resources.autoscaling_metric_specs) == [
+        AutoscalingMetricSpec(metric_name=CPU_METRIC, target=45)
+    ]
+    assert new.dedicated_resources.machine_spec.machine_type == "n1-standard-2"
+    assert old.dedicated_resources.max_replica_count == 3  # the others untouched
+    assert not old.dedicated_resources.autoscaling_metric_specs
+    assert dict(autoscaled.endpoints[ENDPOINT].traffic_split) == {"old": 90, "new": 10}
+
+
+def test_the_cpu_metric_is_the_capacity_advice_s() -> None:
+    from components.capacity import CPU_UTILIZATION_METRIC, DEFAULT_TARGET_UTILIZATION
+    from components.vertex import CPU_UTILIZATION_METRIC as VERTEX_METRIC
+
+    assert CPU_UTILIZATION_METRIC == VERTEX_METRIC == CPU_METRIC
+    assert DEFAULT_TARGET_UTILIZATION == 60
+
+
+@pytest.mark.parametrize(
+    ("deployed_id", "change", "message"),
+    [
+        ("gone", {}, "it is not deployed there \\(deployed: old, new\\)"),
+        ("new", {"min_replicas": 0}, "min_replicas 0; Vertex keeps at least 1 replica"),
+        ("new", {"max_replicas": 1, "min_replicas": 2}, "max_replicas 1 is under min_replicas 2"),
+        ("new", {"cpu_target": 0}, "CPU target 0%; Vertex takes a whole percent from 1 to 100"),
+        ("new", {"cpu_target": 101}, "CPU target 101%; Vertex takes a whole percent from 1"),
+    ],
+)
+def test_set_autoscaling_refuses_what_vertex_would_before_any_request(
+    autoscaled, deployed_id, change, message
+) -> None:
+    values = {"min_replicas": 1, "max_replicas": 4, "cpu_target": 50, **change}
+
+    with pytest.raises(RolloutError, match=message) as refused:
+        vertex_endpoint().set_autoscaling(deployed_id, **values)
+
+    assert str(refused.value).endswith("nothing was sent")
+    assert autoscaled.sent() == []
+
+
+def test_set_autoscaling_refuses_a_model_without_dedicated_resources(service) -> None:
+    fake = service(live_endpoint({"auto": 100}))  # no machine type of its own
+
+    with pytest.raises(RolloutError, match="does not run on dedicated resources"):
+        vertex_endpoint().set_autoscaling("auto", min_replicas=1, max_replicas=2, cpu_target=50)
+
+    assert fake.sent() == []
+
+
+@pytest.mark.parametrize(
+    ("refusal", "operation_error", "message"),
+    [
+        (
+            exceptions.PermissionDenied("aiplatform.endpoints.update denied"),
+            None,
+            "Vertex refused MutateDeployedModel \\(403 aiplatform.endpoints.update denied\\)",
+        ),
+        (
+            None,
+            exceptions.FailedPrecondition("quota exceeded for n1-standard-2"),
+            "the operation ops/1 failed \\(400 quota exceeded for n1-standard-2\\)",
+        ),
+        (
+            None,
+            concurrent.futures.TimeoutError("Operation did not complete within the timeout."),
+            "the operation ops/1 was not done within 1800 s; it may still finish",
+        ),
+    ],
+)
+def test_a_refused_or_failed_mutation_is_raised_with_what_happened(
+    autoscaled, refusal, operation_error, message
+) -> None:
+    autoscaled.refusal, autoscaled.operation_error = refusal, operation_error
+
+    with pytest.raises(RolloutError, match=message) as failed:
+        vertex_endpoint().set_autoscaling("new", min_replicas=2, max_replicas=7, cpu_target=45)
+
+    assert str(failed.value).startswith(f"set the autoscaling of new on {ENDPOINT}: ")
+    assert [kind for kind, _ in autoscaled.sent()] == ["mutate"]
+    new = autoscaled.endpoints[ENDPOINT].deployed_models[1]
+    assert new.dedicated_resources.max_replica_count == 1  # unchanged
 
 
 # --- registry ----------------------------------------------------------------------------------
