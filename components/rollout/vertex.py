@@ -217,7 +217,7 @@ class VertexEndpoint:
             raise RolloutError(
                 f"{what}: Vertex refused MutateDeployedModel ({error}); the deployed model "
                 "keeps its replicas and target: check the values and the run's "
-                "aiplatform.endpoints.update permission"
+                "aiplatform.endpoints.deploy permission (MutateDeployedModel needs it)"
             ) from error
         name = operation.operation.name
         try:

@@ -506,9 +506,9 @@ def test_set_autoscaling_refuses_a_model_without_dedicated_resources(service) ->
     ("refusal", "operation_error", "message"),
     [
         (
-            exceptions.PermissionDenied("aiplatform.endpoints.update denied"),
+            exceptions.PermissionDenied("aiplatform.endpoints.deploy denied"),
             None,
-            "Vertex refused MutateDeployedModel \\(403 aiplatform.endpoints.update denied\\)",
+            "Vertex refused MutateDeployedModel \\(403 aiplatform.endpoints.deploy denied\\)",
         ),
         (
             None,
