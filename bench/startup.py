@@ -1,6 +1,6 @@
 """Where the serving image's start-up time goes, from ``podman run`` to the first health 200.
 
-Run from the repository root (about a minute; the image build is cached after the first):
+Run from the repository root (about two minutes; the image build is cached after the first):
 
     .venv/bin/python bench/startup.py                 # 7 starts, the penguins model baked in
     .venv/bin/python bench/startup.py --runs 15 --workers 1
@@ -9,10 +9,11 @@ What it does:
 
 1. trains the penguins model (``train_and_export``) and builds the serving image with it
    baked in, as the build-image component does (``build_serving_image``);
-2. ``--runs`` times: notes the wall clock, starts the image with the engine's ``run`` (the
-   way Vertex runs it: no init, the ``AIP_*`` variables, the port published), polls the
-   health route every 5 ms until 200, then reads the server's JSON log lines (each has a
-   millisecond timestamp) and stops the container;
+2. for each path (``SERVING_PREDICTOR=auto``, the compiled graph the export verified, and
+   ``scikit-learn``), ``--runs`` times: notes the wall clock, starts the image with the
+   engine's ``run`` (the way Vertex runs it: no init, the ``AIP_*`` variables, the port
+   published), polls the health route every 5 ms until 200, then reads the server's JSON log
+   lines (each has a millisecond timestamp) and stops the container;
 3. prints, per phase, the median and the spread over the runs, and the total.
 
 The phases, from the log lines the server writes anyway:
@@ -52,10 +53,15 @@ TAG = "localhost/train-to-serve-bench-startup:latest"
 PHASES = (
     ("container start, interpreter, server imports", "starting model server"),
     ("gunicorn binds the port", "Listening at"),
-    ("scientific stack imported (master, once)", "imported before forking the workers"),
+    (
+        "scientific stack imported (master, once; nothing when the graph serves)",
+        "imported before forking the workers",
+    ),
     ("fork, worker start", "Application startup complete"),
 )
 """(phase, the log message that ends it), in order."""
+PREDICTORS = {"auto": "compiled graph (auto)", "scikit-learn": "scikit-learn pipeline"}
+"""``SERVING_PREDICTOR`` values measured, and their column titles."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,9 +93,10 @@ def healthy(url: str) -> bool:
         return False
 
 
-def one_start(engine: Any, workers: int) -> dict[str, float]:
-    """Start the image once; each phase's seconds."""
+def one_start(engine: Any, workers: int, predictor: str) -> dict[str, float]:
+    """Start the image once with ``SERVING_PREDICTOR=predictor``; each phase's seconds."""
     env = {
+        "SERVING_PREDICTOR": predictor,
         "AIP_HTTP_PORT": "8080",
         "AIP_HEALTH_ROUTE": "/health",
         "AIP_PREDICT_ROUTE": "/predict",
@@ -137,19 +144,23 @@ def main() -> int:
         train_and_export("penguins", model_dir)
     print(f"building {TAG} with {model_dir} baked in ...", file=sys.stderr)
     build_serving_image(engine, TAG, model_dir, on_line=lambda _: None)
-    one_start(engine, args.workers)  # warm the page cache, as a node that pulled the image
-    runs = [one_start(engine, args.workers) for _ in range(args.runs)]
+    runs: dict[str, list[dict[str, float]]] = {}
+    for predictor in PREDICTORS:
+        one_start(engine, args.workers, predictor)  # warm the page cache, as a pulled image
+        runs[predictor] = [one_start(engine, args.workers, predictor) for _ in range(args.runs)]
     print(
         f"\nStart-up of the scikit-learn serving image (penguins), {engine.name} "
-        f"{engine.version}, {args.workers} workers, {args.runs} starts:\n"
+        f"{engine.version}, {args.workers} workers, {args.runs} starts per path "
+        "(median, min-max in seconds):\n"
     )
-    print("| phase | median s | min s | max s |")
-    print("|---|---|---|---|")
-    for phase in runs[0]:
-        values = [run[phase] for run in runs]
-        print(
-            f"| {phase} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |"
-        )
+    print(f"| phase | {' | '.join(PREDICTORS.values())} |")
+    print("|---|" + "---|" * len(PREDICTORS))
+    for phase in runs[next(iter(PREDICTORS))][0]:
+        cells = []
+        for predictor in PREDICTORS:
+            values = [run[phase] for run in runs[predictor]]
+            cells.append(f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        print(f"| {phase} | {' | '.join(cells)} |")
     return 0
 
 
