@@ -66,7 +66,8 @@ def test_two_shares_scale_to_the_same_machine_and_a_larger_machine_to_more(
     grows = larger.deploy.per_replica_qps / one.deploy.per_replica_qps
     assert 3.0 <= grows <= 5.0, (one.deploy, larger.deploy)
     assert larger.deploy.min_replica_count <= one.deploy.min_replica_count
-    assert one.batch is not None and one.batch.request_s < 60 / 4
+    # At most a quarter of Vertex's 60 s (request_s is rounded: 14.98 s reads 15.0).
+    assert one.batch is not None and one.batch.request_s <= 60 / 4
 
 
 def test_a_memory_hungry_image_is_refused_for_a_small_machine_naming_one_it_fits(
