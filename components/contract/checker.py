@@ -58,6 +58,11 @@ from components.contract.sample import (
 from components.contract.settings import CheckSettings, ServerObserver, ServerWatch
 from components.runners.http import Exchange, send, split_url, tcp_accepts
 
+HEALTH_RETRIES = 3
+"""Health probes sent again after one that got no HTTP answer, before ``stays-up`` fails."""
+HEALTH_RETRY_PAUSE_S = 0.5
+"""The pause before each of those probes."""
+
 NOT_OURS = "not checked, the image is not ours: the exported answer shape (label and probabilities)"
 FOREIGN_NOTE = (
     "a plain answer (a label, class probabilities) is compared with the same part of the "
@@ -412,8 +417,17 @@ class _Checker:
         return fail_result(rule, self.watch.with_note(detail), exchange, consequence)
 
     def _health_after(self, request: str) -> None:
-        """Probe health; remember the request after which it failed first."""
+        """Probe health; remember the request after which it failed first. A probe that gets
+        no HTTP answer at all is tried again (``HEALTH_RETRIES``) before the server counts as
+        down, unless its process ended: a name lookup or connection that fails once (a
+        container network's DNS reloading as another container joins it, seen on podman) is
+        not a server that died, and a dead server stays dead through the retries."""
         after = self._health()
+        for _ in range(HEALTH_RETRIES):
+            if after.status is not None or self.watch.exited():
+                break
+            time.sleep(HEALTH_RETRY_PAUSE_S)
+            after = self._health()
         if not self.down_after and (not after.ok or self.watch.exited()):
             answer = after.status or after.error
             self.down_after = f"after {request}, health returned {answer}"

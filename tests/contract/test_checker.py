@@ -21,7 +21,9 @@ from components.contract import (
     CheckSettings,
     ContractViolation,
     check_server,
+    checker,
 )
+from components.runners.http import Exchange, send
 from serving_image.server.artifact import read_jsonl
 from tests.contract.broken_images.verdicts import (
     FIXTURES_DIR,
@@ -147,6 +149,30 @@ def test_a_server_that_dies_on_bad_input_ends_the_check_with_the_rest_skipped():
     assert stays_up.detail.startswith(f"after POST {PREDICT_ROUTE} with body")
     assert "health returned" in stays_up.detail and "no longer up" in stays_up.detail
     assert "takes the replica out of service" in stays_up.vertex_consequence
+
+
+def test_a_health_probe_without_an_answer_once_is_tried_again_not_a_dead_server(
+    start_fixture: Callable[[str], FixtureServer], monkeypatch: pytest.MonkeyPatch
+):
+    """A name lookup that fails once (a container network's DNS reloading as another
+    container joins it) is not a server that died: the next probe answers and stays-up
+    passes."""
+    state = {"posted": False, "failed": ""}
+
+    def one_failed_lookup(base_url: str, method: str, route: str, *args: Any, **kwargs: Any):
+        if method == "POST":
+            state["posted"] = True
+        elif route == HEALTH_ROUTE and state["posted"] and not state["failed"]:
+            state["failed"] = route
+            return Exchange(method, route, error="gaierror: [Errno -2] Name or service not known")
+        return send(base_url, method, route, *args, **kwargs)
+
+    monkeypatch.setattr(checker, "send", one_failed_lookup)
+    report = check(start_fixture("good_toy"))
+
+    assert state["failed"] == HEALTH_ROUTE  # the probe after the first request got no answer
+    assert report.result("stays-up").passed
+    assert not report.violations and not report.warnings
 
 
 def test_the_violation_names_rule_request_answer_and_what_vertex_would_do(
