@@ -5,8 +5,9 @@ soon as their last one was answered, for ``seconds``; every request's latency is
 Closed loop, because a Vertex replica's callers wait for their answers too, and because an
 open loop faster than the server only measures its queue. ``stepped`` raises the concurrency
 1, 2, 4, ... until the server is full: the 99th percentile passes the latency objective,
-errors appear, throughput stops growing (less than ``MIN_GAIN`` over the best step so far),
-the concurrency reaches its cap, or the time budget has no room for another step.
+errors appear, throughput stops growing (``SATURATION_STEPS`` steps in a row each less than
+``MIN_GAIN`` over the best step before it), the concurrency reaches its cap, or the time
+budget has no room for another step.
 
 The generator is aiohttp on one event loop in the calling process, and it needs a core of its
 own: a generator short of CPU answers late to its own requests, and that delay would be
@@ -28,8 +29,12 @@ import aiohttp
 from components.runners import ResourceUsage
 
 MIN_GAIN = 0.05
-"""A step whose instances/s beat the best before it by less than this fraction ends the run:
-more concurrency only queues."""
+"""A step whose instances/s beat the best before it by less than this fraction gained
+nothing: more concurrency only queued."""
+SATURATION_STEPS = 2
+"""Steps in a row that gain nothing end the run: one can be noise (under a fractional CPU
+limit a short step spans few of the kernel's 100 ms CPU periods, and one step that fell
+behind ended a half-CPU measurement at concurrency 2, a third short of its plateau)."""
 REQUEST_TIMEOUT_S = 10.0
 """A request unanswered this long counts as an error (the step waits for it, so keep it
 short against the step length)."""
@@ -213,12 +218,21 @@ def _ended_by(
         return ENDED_BY_ERRORS
     if result.p99_ms is not None and result.p99_ms > latency_slo_ms:
         return ENDED_BY_LATENCY
-    best = max((step.instances_per_s for step in before), default=None)
-    if best is not None and result.instances_per_s < best * (1 + MIN_GAIN):
+    steps = [*before, result]
+    flat = 0  # the steps at the end that gained nothing over the best before each
+    while flat < len(steps) - 1 and not _gained(steps[-1 - flat], steps[: -1 - flat]):
+        flat += 1
+    if flat >= SATURATION_STEPS:
         return ENDED_BY_SATURATION
     if result.concurrency >= max_concurrency:
         return ENDED_BY_MAX_CONCURRENCY
     return ""
+
+
+def _gained(step: StepResult, before: Sequence[StepResult]) -> bool:
+    """Whether ``step`` beat the best of ``before`` by ``MIN_GAIN`` (the first step does)."""
+    best = max((earlier.instances_per_s for earlier in before), default=None)
+    return best is None or step.instances_per_s >= best * (1 + MIN_GAIN)
 
 
 def _session(connections: int, timeout_s: float) -> aiohttp.ClientSession:

@@ -155,8 +155,11 @@ def test_stepped_stops_when_throughput_stops_growing(toy: Toy) -> None:
     assert last.ended_by == load.ENDED_BY_SATURATION
     assert last.concurrency <= 8, [s.requests_per_s for s in steps]
     assert last.requests_per_s <= 1 / SERIAL_S * 1.05  # one at a time: 100 requests/s at most
-    best = max(s.instances_per_s for s in steps[:-1])
-    assert last.instances_per_s < best * (1 + load.MIN_GAIN)
+    # The last SATURATION_STEPS steps each gained nothing over the best before them.
+    for end in range(len(steps) - load.SATURATION_STEPS, len(steps)):
+        best = max(s.instances_per_s for s in steps[:end])
+        assert steps[end].instances_per_s < best * (1 + load.MIN_GAIN), end
+    assert [s.ended_by for s in steps[:-1]] == [""] * (len(steps) - 1)
     assert last.p50_ms is not None and steps[0].p50_ms is not None
     assert last.p50_ms > 1.5 * steps[0].p50_ms  # more concurrency only queued
 
