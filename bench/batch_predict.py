@@ -218,6 +218,8 @@ def main() -> None:
         "--repeats", type=int, default=3, help="runs of each cell; the fastest counts"
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: run each cell at least once")
 
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         work = Path(tmp)
